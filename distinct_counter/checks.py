@@ -1,0 +1,161 @@
+"""System checks: every misconfiguration gets an id and a hint.
+
+=====================  =====================================================================
+``distinct_counter.E001``  a cache alias in ``DISTINCT_COUNTER`` is not in ``CACHES``
+``distinct_counter.E002``  that cache is not a Redis (django-redis) cache
+``distinct_counter.E003``  ``counted_fields`` is not a tuple or list of field names
+``distinct_counter.E004``  a counted field does not exist
+``distinct_counter.E005``  a counted field is many-to-many or not a concrete column
+``distinct_counter.E006``  a database alias in ``DISTINCT_COUNTER`` is not in ``DATABASES``
+``distinct_counter.E007``  a setting has a value outside its choices
+``distinct_counter.W001``  a counted field has no database index
+``distinct_counter.W002``  a counted model's default manager does not count bulk operations
+=====================  =====================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core import checks
+from django.core.exceptions import FieldDoesNotExist
+from django.db import models
+from django.utils.module_loading import import_string
+
+from distinct_counter.conf import FALLBACK_CHOICES, ON_ERROR_CHOICES, conf
+
+REDIS_BACKENDS = ("django_redis.cache.RedisCache", "distinct_counter.cache.MasterReplicaCache")
+
+
+def register() -> None:
+    checks.register(check_settings, "distinct_counter")
+    checks.register(check_models, checks.Tags.models)
+
+
+def _is_redis_backend(path: str) -> bool:
+    if path in REDIS_BACKENDS:
+        return True
+    try:
+        backend = import_string(path)
+    except ImportError:
+        return False
+    for base in REDIS_BACKENDS:
+        try:
+            if issubclass(backend, import_string(base)):
+                return True
+        except ImportError:
+            continue
+    return False
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    cache_names = {"CACHE": conf.CACHE, "WRITE_CACHE": conf.WRITE_CACHE}
+    for key, alias in cache_names.items():
+        if alias is None:
+            continue
+        if alias not in settings.CACHES:
+            errors.append(checks.Error(
+                f"DISTINCT_COUNTER[{key!r}] names the cache {alias!r}, which is not in CACHES.",
+                hint=f"Use one of: {', '.join(settings.CACHES)}; or add {alias!r} to CACHES.",
+                id="distinct_counter.E001",
+            ))
+        elif not _is_redis_backend(settings.CACHES[alias].get("BACKEND", "")):
+            errors.append(checks.Error(
+                f"CACHES[{alias!r}] (DISTINCT_COUNTER[{key!r}]) is not a Redis cache.",
+                hint="Use BACKEND 'django_redis.cache.RedisCache' with a redis:// LOCATION.",
+                id="distinct_counter.E002",
+            ))
+    databases = {"DATABASE": conf.DATABASE, "PRIMARY": conf.PRIMARY}
+    databases.update({f"REPLICAS[{i}]": a for i, a in enumerate(conf.REPLICAS or ())})
+    for key, alias in databases.items():
+        if alias is not None and alias not in settings.DATABASES:
+            errors.append(checks.Error(
+                f"DISTINCT_COUNTER[{key!r}] names the database {alias!r}, which is not in "
+                "DATABASES.",
+                hint=f"Use one of: {', '.join(settings.DATABASES)}.",
+                id="distinct_counter.E006",
+            ))
+    for key, choices in (("FALLBACK", FALLBACK_CHOICES), ("ON_ERROR", ON_ERROR_CHOICES)):
+        value = getattr(conf, key)
+        if value not in choices:
+            errors.append(checks.Error(
+                f"DISTINCT_COUNTER[{key!r}] is {value!r}.",
+                hint=f"Use one of: {', '.join(map(repr, choices))}.",
+                id="distinct_counter.E007",
+            ))
+    return errors
+
+
+def _has_index(model: type[models.Model], field: models.Field[Any, Any]) -> bool:
+    if field.primary_key or field.unique or field.db_index:
+        return True
+    names = {field.name, field.attname}
+    meta = model._meta
+    for index in meta.indexes:
+        first = index.fields[0].lstrip("-") if index.fields else None
+        if first in names:
+            return True
+    for constraint in meta.constraints:
+        fields = getattr(constraint, "fields", ())
+        if isinstance(constraint, models.UniqueConstraint) and fields and fields[0] in names:
+            return True
+    return any(group and group[0] in names for group in meta.unique_together)
+
+
+def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    from distinct_counter.models import CountedQuerySet
+    from distinct_counter.registry import counted_models
+
+    errors: list[checks.CheckMessage] = []
+    app_labels = {a.label for a in app_configs} if app_configs else None
+    for model in counted_models():
+        if app_labels is not None and model._meta.app_label not in app_labels:
+            continue
+        fields = model.counted_fields
+        if not isinstance(fields, (tuple, list)) or not all(isinstance(f, str) for f in fields):
+            errors.append(checks.Error(
+                f"{model._meta.label}.counted_fields must be a tuple or list of field names, "
+                f"not {fields!r}.",
+                hint='For example: counted_fields = ("city", "username")',
+                obj=model, id="distinct_counter.E003",
+            ))
+            continue
+        for name in fields:
+            try:
+                field = model._meta.get_field(name)
+            except FieldDoesNotExist:
+                errors.append(checks.Error(
+                    f"{model._meta.label}.counted_fields names {name!r}, which is not a field.",
+                    hint="Fields: " + ", ".join(f.name for f in model._meta.concrete_fields),
+                    obj=model, id="distinct_counter.E004",
+                ))
+                continue
+            if field.many_to_many or not getattr(field, "concrete", False):
+                errors.append(checks.Error(
+                    f"{model._meta.label}.{name} cannot be counted: it is not a column of the "
+                    "model's table (many-to-many, reverse relation or generic).",
+                    hint="Count a concrete field; for a many-to-many, count a field of the "
+                         "through model.",
+                    obj=model, id="distinct_counter.E005",
+                ))
+                continue
+            if not _has_index(model, field):  # type: ignore[arg-type]
+                errors.append(checks.Warning(
+                    f"{model._meta.label}.{name} is counted but has no database index; "
+                    "rebuilds and database fallbacks will scan the whole table.",
+                    hint="Add an index without locking writes: manage.py counted_indexes "
+                         f"{model._meta.app_label} writes a CreateIndexConcurrently migration.",
+                    obj=model, id="distinct_counter.W001",
+                ))
+        manager = model._default_manager
+        if not isinstance(manager.get_queryset(), CountedQuerySet):
+            errors.append(checks.Warning(
+                f"{model._meta.label}'s default manager {manager.name!r} does not return a "
+                "CountedQuerySet: its bulk_create/update/delete would not be counted.",
+                hint="Base the manager on distinct_counter.models.CountedQuerySet, e.g. "
+                     "CountedManager or MyQuerySet(CountedQuerySet).as_manager().",
+                obj=model, id="distinct_counter.W002",
+            ))
+    return errors

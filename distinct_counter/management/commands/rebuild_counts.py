@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
+
+from distinct_counter.counting import Drift, check, counters_named, rebuild
+from distinct_counter.exceptions import RebuildInProgress
+from distinct_counter.models import CounterState
+from distinct_counter.registry import Counter
+
+
+class Command(BaseCommand):
+    help = (
+        "Rebuild the distinct counters in Redis from the database (all, or those named), or "
+        "compare them with --check."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "names", nargs="*", metavar="app_label[.Model[.field]]",
+            help="Counters to rebuild or check; all when none is named.",
+        )
+        parser.add_argument(
+            "--check", action="store_true",
+            help="Compare Redis with the database instead of writing; exit 1 on any drift.",
+        )
+        parser.add_argument("--json", action="store_true", help="With --check: print JSON.")
+        parser.add_argument(
+            "--stale", action="store_true",
+            help="Only the counters the database knows to be stale.",
+        )
+        parser.add_argument(
+            "--database", default=None,
+            help="Database alias to read from (a replica, say); default: the router's choice.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        database = options["database"]
+        if database is not None and database not in connections:
+            raise CommandError(
+                f"Unknown database {database!r}; choose from: {', '.join(connections)}"
+            )
+        try:
+            counters = counters_named(options["names"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        if options["stale"]:
+            stale = CounterState.stale_marks()
+            counters = [c for c in counters if c.label in stale]
+        if options["check"]:
+            self._check(counters, database, options["json"])
+        else:
+            self._rebuild(counters, database, options["verbosity"])
+
+    def _check(self, counters: list[Counter], database: str | None, as_json: bool) -> None:
+        drifts = [check(c, database) for c in counters]
+        if as_json:
+            self.stdout.write(json.dumps([d.as_dict() for d in drifts], indent=2))
+        else:
+            for drift in drifts:
+                self.stdout.write(self._describe(drift))
+        drifted = [d.counter.label for d in drifts if not d.ok]
+        if drifted:
+            raise CommandError(f"drift in {', '.join(drifted)}", returncode=1)
+
+    def _describe(self, drift: Drift) -> str:
+        status = "ok" if drift.ok else "DRIFT"
+        line = (
+            f"{drift.counter.label}: {status} (state {drift.state}): "
+            f"redis {drift.redis_distinct}, database {drift.db_distinct} distinct; "
+            f"missing {drift.missing}, extra {drift.extra}, wrong {drift.wrong}"
+        )
+        if drift.examples:
+            line += "; e.g. " + ", ".join(repr(v) for v in drift.examples[:5])
+        return self.style.SUCCESS(line) if drift.ok else self.style.ERROR(line)
+
+    def _rebuild(self, counters: list[Counter], database: str | None, verbosity: int) -> None:
+        for counter in counters:
+            bar = self._progress_bar(counter, verbosity)
+            done = [0]
+
+            def progress(counter: Counter, rows: int, values: int) -> None:
+                if bar is not None:
+                    bar.update(rows - done[0])
+                    bar.set_postfix(values=values)
+                    done[0] = rows
+
+            try:
+                result = rebuild(counter, database, progress=progress)
+            except RebuildInProgress as exc:
+                raise CommandError(str(exc)) from None
+            finally:
+                if bar is not None:
+                    bar.close()
+            if verbosity >= 1:
+                self.stdout.write(
+                    f"{counter.label}: {result.values} distinct values in {result.rows} rows, "
+                    f"{result.recounted} recounted, {result.seconds:.2f}s"
+                )
+
+    def _progress_bar(self, counter: Counter, verbosity: int) -> Any:
+        """A tqdm bar on an interactive terminal; none when piped or with -v 0."""
+        if verbosity < 1 or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(desc=counter.label, unit=" rows", unit_scale=True, leave=False)

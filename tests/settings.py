@@ -1,0 +1,36 @@
+"""Test settings: a PostgreSQL primary and streaming replica, a Redis master and replicas."""
+
+from __future__ import annotations
+
+import os
+
+from tests import servers
+
+servers.ensure_started()
+
+SECRET_KEY = "tests"
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "distinct_counter",
+    "tests.testapp",
+]
+DATABASES = {
+    "default": servers.database(os.environ[servers.PG]),
+    "replica": servers.database(os.environ[servers.PG_REPLICA], TEST={"MIRROR": "default"}),
+}
+CACHES = {
+    "default": servers.redis_cache(os.environ[servers.REDIS]),
+    "replica1": servers.redis_cache(os.environ[servers.REDIS_REPLICAS].split(",")[0]),
+    "replica2": servers.redis_cache(os.environ[servers.REDIS_REPLICAS].split(",")[-1]),
+    "locmem": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+}
+DISTINCT_COUNTER = {"CACHE": "default", "RETRY_INTERVAL": 0.5, "REBUILD_GRACE": 0.3}
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "loggers": {"distinct_counter": {"handlers": ["null"], "propagate": True}},
+}
