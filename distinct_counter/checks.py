@@ -105,57 +105,64 @@ def _has_index(model: type[models.Model], field: models.Field[Any, Any]) -> bool
 
 
 def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    from distinct_counter.models import CountedQuerySet
     from distinct_counter.registry import counted_models
 
     errors: list[checks.CheckMessage] = []
     app_labels = {a.label for a in app_configs} if app_configs else None
     for model in counted_models():
-        if app_labels is not None and model._meta.app_label not in app_labels:
-            continue
-        fields = model.counted_fields
-        if not isinstance(fields, (tuple, list)) or not all(isinstance(f, str) for f in fields):
+        if app_labels is None or model._meta.app_label in app_labels:
+            errors += check_model(model)
+    return errors
+
+
+def check_model(model: type[models.Model]) -> list[checks.CheckMessage]:
+    """The checks of one counted model."""
+    from distinct_counter.models import CountedQuerySet
+
+    errors: list[checks.CheckMessage] = []
+    fields = getattr(model, "counted_fields", ())
+    if not isinstance(fields, (tuple, list)) or not all(isinstance(f, str) for f in fields):
+        errors.append(checks.Error(
+            f"{model._meta.label}.counted_fields must be a tuple or list of field names, "
+            f"not {fields!r}.",
+            hint='For example: counted_fields = ("city", "username")',
+            obj=model, id="distinct_counter.E003",
+        ))
+        return errors
+    for name in fields:
+        try:
+            field = model._meta.get_field(name)
+        except FieldDoesNotExist:
             errors.append(checks.Error(
-                f"{model._meta.label}.counted_fields must be a tuple or list of field names, "
-                f"not {fields!r}.",
-                hint='For example: counted_fields = ("city", "username")',
-                obj=model, id="distinct_counter.E003",
+                f"{model._meta.label}.counted_fields names {name!r}, which is not a field.",
+                hint="Fields: " + ", ".join(f.name for f in model._meta.concrete_fields),
+                obj=model, id="distinct_counter.E004",
             ))
             continue
-        for name in fields:
-            try:
-                field = model._meta.get_field(name)
-            except FieldDoesNotExist:
-                errors.append(checks.Error(
-                    f"{model._meta.label}.counted_fields names {name!r}, which is not a field.",
-                    hint="Fields: " + ", ".join(f.name for f in model._meta.concrete_fields),
-                    obj=model, id="distinct_counter.E004",
-                ))
-                continue
-            if field.many_to_many or not getattr(field, "concrete", False):
-                errors.append(checks.Error(
-                    f"{model._meta.label}.{name} cannot be counted: it is not a column of the "
-                    "model's table (many-to-many, reverse relation or generic).",
-                    hint="Count a concrete field; for a many-to-many, count a field of the "
-                         "through model.",
-                    obj=model, id="distinct_counter.E005",
-                ))
-                continue
-            if not _has_index(model, field):  # type: ignore[arg-type]
-                errors.append(checks.Warning(
-                    f"{model._meta.label}.{name} is counted but has no database index; "
-                    "rebuilds and database fallbacks will scan the whole table.",
-                    hint="Add an index without locking writes: manage.py counted_indexes "
-                         f"{model._meta.app_label} writes a CreateIndexConcurrently migration.",
-                    obj=model, id="distinct_counter.W001",
-                ))
-        manager = model._default_manager
-        if not isinstance(manager.get_queryset(), CountedQuerySet):
-            errors.append(checks.Warning(
-                f"{model._meta.label}'s default manager {manager.name!r} does not return a "
-                "CountedQuerySet: its bulk_create/update/delete would not be counted.",
-                hint="Base the manager on distinct_counter.models.CountedQuerySet, e.g. "
-                     "CountedManager or MyQuerySet(CountedQuerySet).as_manager().",
-                obj=model, id="distinct_counter.W002",
+        if field.many_to_many or not getattr(field, "concrete", False):
+            errors.append(checks.Error(
+                f"{model._meta.label}.{name} cannot be counted: it is not a column of the "
+                "model's table (many-to-many, reverse relation or generic).",
+                hint="Count a concrete field; for a many-to-many, count a field of the "
+                     "through model.",
+                obj=model, id="distinct_counter.E005",
             ))
+            continue
+        if not _has_index(model, field):  # type: ignore[arg-type]
+            errors.append(checks.Warning(
+                f"{model._meta.label}.{name} is counted but has no database index; "
+                "rebuilds and database fallbacks will scan the whole table.",
+                hint="Add an index without locking writes: manage.py counted_indexes "
+                     f"{model._meta.app_label} writes a CreateIndexConcurrently migration.",
+                obj=model, id="distinct_counter.W001",
+            ))
+    manager = model._default_manager
+    if not isinstance(manager.get_queryset(), CountedQuerySet):
+        errors.append(checks.Warning(
+            f"{model._meta.label}'s default manager {manager.name!r} does not return a "
+            "CountedQuerySet: its bulk_create/update/delete would not be counted.",
+            hint="Base the manager on distinct_counter.models.CountedQuerySet, e.g. "
+                 "CountedManager or MyQuerySet(CountedQuerySet).as_manager().",
+            obj=model, id="distinct_counter.W002",
+        ))
     return errors

@@ -84,6 +84,8 @@ class Breaker:
         self.alias = alias
         self.open_until = 0.0
         self.failed = False
+        #: Whether this process has copied the database's stale marks into Redis yet.
+        self.synced = False
 
     def allow(self) -> bool:
         return not self.failed or time.monotonic() >= self.open_until

@@ -106,10 +106,7 @@ def apply_deltas(deltas: Deltas) -> None:
         _missed(deltas, None)
         return
     try:
-        client = get_client(alias)
-        pipe = client.pipeline(transaction=False)
-        if gate.failed or _pending_stale:
-            _queue_stale_marks(pipe)
+        pipe = get_client(alias).pipeline(transaction=False)
         for counter, values in deltas.items():
             args: list[Any] = []
             for value, delta in values.items():
@@ -122,9 +119,7 @@ def apply_deltas(deltas: Deltas) -> None:
         gate.failure(exc)
         _missed(deltas, exc)
         return
-    if gate.success():
-        _recovered()
-    _pending_stale.clear()
+    _succeeded(alias)
 
 
 def _missed(deltas: Deltas, exc: BaseException | None) -> None:
@@ -141,11 +136,31 @@ def _missed(deltas: Deltas, exc: BaseException | None) -> None:
         ) from exc
 
 
-def _queue_stale_marks(pipe: Any) -> None:
+def _succeeded(alias: str) -> None:
+    """After a Redis call worked: on the first one in this process, or the first after a
+    failure, copy the stale marks the database holds (of any process, even one that has
+    died since) into Redis, with this process's own pending ones."""
+    gate = breaker(alias)
+    if gate.success() or not gate.synced:
+        gate.synced = True
+        _load_stale_marks()
+    if _pending_stale:
+        _push_stale()
+
+
+def _push_stale() -> None:
+    alias = conf.write_cache
     counters = {c.label: c for c in all_counters()}
-    for label, since in _pending_stale.items():
-        if label in counters:
-            run_script(pipe, MARK_STALE, [counters[label].key("meta")], [since])
+    try:
+        pipe = get_client(alias).pipeline(transaction=False)
+        for label, since in _pending_stale.items():
+            if label in counters:
+                run_script(pipe, MARK_STALE, [counters[label].key("meta")], [since])
+        redis_connection.execute(pipe, SCRIPTS)
+    except REDIS_ERRORS as exc:
+        breaker(alias).failure(exc)
+        return
+    _pending_stale.clear()
 
 
 def _record_stale(labels: list[str], exc: BaseException | None, reason: str = "") -> None:
@@ -158,13 +173,14 @@ def _record_stale(labels: list[str], exc: BaseException | None, reason: str = ""
         logger.error("could not record stale counters %s in the database: %r", labels, db_exc)
 
 
-def _recovered() -> None:
-    """Redis is back: copy the database's stale marks (of any process) into it."""
+def _load_stale_marks() -> None:
     from distinct_counter.models import CounterState
 
     try:
         marks = CounterState.stale_marks()
-    except DatabaseError:
+    except Exception as exc:  # No database access here (yet): the next sync will retry.
+        logger.debug("stale marks not loaded: %r", exc)
+        breaker(conf.write_cache).synced = False
         return
     for label, since in marks.items():
         _pending_stale.setdefault(label, since)
@@ -183,17 +199,8 @@ def mark_stale(counters: Iterable[Counter], reason: str) -> None:
     for counter in counters:
         _pending_stale.setdefault(counter.label, now)
     _record_stale([c.label for c in counters], None, reason)
-    alias = conf.write_cache
-    if not breaker(alias).allow():
-        return
-    try:
-        pipe = get_client(alias).pipeline(transaction=False)
-        _queue_stale_marks(pipe)
-        redis_connection.execute(pipe, SCRIPTS)
-    except REDIS_ERRORS as exc:
-        breaker(alias).failure(exc)
-        return
-    _pending_stale.clear()
+    if breaker(conf.write_cache).allow():
+        _push_stale()
 
 
 def ensure_available(model: type[models.Model]) -> None:
@@ -235,7 +242,9 @@ def _redis_read(counter: Counter, command: str, *args: Any) -> tuple[str, Any]:
     except REDIS_ERRORS as exc:
         gate.failure(exc)
         return "unreachable", None
-    gate.success()
+    _succeeded(alias)
+    if counter.label in _pending_stale:  # Known here, not yet written to Redis.
+        return "stale", result
     return (state.decode() if state else "missing"), result
 
 

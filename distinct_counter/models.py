@@ -224,5 +224,8 @@ class CounterState(models.Model):
     @classmethod
     def stale_marks(cls) -> dict[str, float]:
         """label -> time (epoch seconds) of the first missed write, of every stale counter."""
-        rows = cls.objects.using(cls._db()).filter(stale_since__isnull=False)
+        db = cls._db()
+        # In a savepoint: a failure here must not break the caller's transaction.
+        with transaction.atomic(using=db):
+            rows = list(cls.objects.using(db).filter(stale_since__isnull=False))
         return {s.label: s.stale_since.timestamp() for s in rows if s.stale_since}
