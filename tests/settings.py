@@ -27,7 +27,7 @@ CACHES = {
     "replica2": servers.redis_cache(os.environ[servers.REDIS_REPLICAS].split(",")[-1]),
     "locmem": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
 }
-DISTINCT_COUNTER = {"CACHE": "default", "RETRY_INTERVAL": 0.5, "REBUILD_GRACE": 0.3}
+DISTINCT_COUNTER = {"CACHE": "default", "RETRY_INTERVAL": 0.5, "REBUILD_GRACE": 0.02}
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -1,0 +1,403 @@
+"""The counters follow every kind of write, checked against the database's COUNT(DISTINCT).
+
+This module also runs on SQLite (tests/test_sqlite.py), so it uses only portable features.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.db import connection, transaction
+from django.db.models import F
+from django.db.models.functions import Upper
+from django.test.utils import CaptureQueriesContext
+from redis.crc import key_slot
+
+from distinct_counter import DistinctCount
+from distinct_counter.exceptions import CounterUnavailable, NotCounted
+from tests.conftest import distinct_in_db, master
+from tests.testapp.factories import AuthorFactory, ItemFactory, MessageFactory
+from tests.testapp.models import Author, Item, Message, Venue
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MESSAGE_FIELDS = ("username", "city")
+ITEM_FIELDS = ("price", "day", "qty", "flag", "author", "label")
+
+
+@pytest.fixture(autouse=True)
+def built() -> None:
+    """Counters start built (and empty), as after a deployment's first rebuild_counts."""
+    call_command("rebuild_counts", verbosity=0)
+
+
+def assert_exact(model: type = Message, fields: tuple[str, ...] = MESSAGE_FIELDS) -> None:
+    for field in fields:
+        result = DistinctCount.read(field, model)
+        assert (field, result.source, result.count) == (
+            field, "redis", distinct_in_db(model, field)), field
+
+
+def frequency_in_db(model: type, field: str, value: Any) -> int:
+    return int(model._base_manager.filter(**{field: value}).count())
+
+
+# -- single rows -------------------------------------------------------------------------------
+
+
+def test_create_update_delete() -> None:
+    a = Message.objects.create(username="ann", city="Paris")
+    Message.objects.create(username="bob", city="Paris")
+    assert DistinctCount.get("city", Message) == 1
+    assert DistinctCount.frequency("city", "Paris", Message) == 2
+    a.city = "Lyon"
+    a.save()
+    assert DistinctCount.frequency("city", "Paris", Message) == 1
+    assert DistinctCount.frequency("city", "Lyon", Message) == 1
+    assert_exact()
+    a.delete()
+    assert not DistinctCount.contains("city", "Lyon", Message)
+    assert_exact()
+
+
+def test_save_update_fields() -> None:
+    m = Message.objects.create(username="ann", city="Paris")
+    m.city = "Lyon"
+    m.username = "zed"
+    m.save(update_fields=["username"])  # city is not saved: its counter must not move
+    assert DistinctCount.contains("username", "zed", Message)
+    assert DistinctCount.contains("city", "Paris", Message)
+    assert not DistinctCount.contains("city", "Lyon", Message)
+    assert_exact()
+    m.save(update_fields=["city"])
+    assert DistinctCount.contains("city", "Lyon", Message)
+    assert_exact()
+
+
+def test_update_fields_without_counted_fields_reads_nothing_more() -> None:
+    m = Message.objects.create(username="ann", city="Paris")
+    m.body = "changed"
+    with CaptureQueriesContext(connection) as ctx:
+        m.save(update_fields=["body"])
+    assert len(ctx.captured_queries) == 1
+
+
+def test_refresh_from_db_then_save() -> None:
+    m = Message.objects.create(username="ann", city="Paris")
+    Message.objects.filter(pk=m.pk).update(city="Oslo")
+    m.refresh_from_db()
+    m.city = "Rome"
+    m.save()
+    assert not DistinctCount.contains("city", "Oslo", Message)
+    assert_exact()
+
+
+def test_stale_instance_saved_takes_old_value_from_database() -> None:
+    m = Message.objects.create(username="ann", city="Paris")
+    other = Message.objects.get(pk=m.pk)
+    other.city = "Oslo"
+    other.save()
+    m.city = "Rome"  # m still believes the row holds Paris
+    m.save()
+    assert DistinctCount.frequency("city", "Oslo", Message) == 0
+    assert_exact()
+
+
+def test_hand_built_instance_with_existing_pk() -> None:
+    m = Message.objects.create(username="ann", city="Paris")
+    Message(pk=m.pk, username="ann", city="Lyon").save()
+    assert not DistinctCount.contains("city", "Paris", Message)
+    assert_exact()
+    Message(pk=m.pk + 1000, username="new", city="Lyon").save()  # an insert after all
+    assert DistinctCount.frequency("city", "Lyon", Message) == 2
+    assert_exact()
+
+
+def test_null_is_not_counted_and_empty_string_is() -> None:
+    Message.objects.create(username="a", city=None)
+    Message.objects.create(username="b", city=None)
+    assert DistinctCount.get("city", Message) == 0 == distinct_in_db(Message, "city")
+    assert DistinctCount.frequency("city", None, Message) == 0
+    m = Message.objects.create(username="c", city="")
+    assert DistinctCount.get("city", Message) == 1 == distinct_in_db(Message, "city")
+    m.city = None
+    m.save()
+    assert_exact()
+
+
+# -- values ------------------------------------------------------------------------------------
+
+
+def test_values_equal_in_the_database_count_once() -> None:
+    author = AuthorFactory()
+    Item.objects.create(price=decimal.Decimal("1.1"), day=datetime.date(2024, 1, 2), qty=3,
+                        flag=True, author=author)
+    Item.objects.create(price=decimal.Decimal("1.10"), day="2024-01-02", qty="3", flag=1,
+                        author_id=author.pk)
+    Item.objects.create(price="1.100", day=datetime.date(2024, 1, 2), qty=3.0, flag="t",
+                        author=author)
+    assert_exact(Item, ITEM_FIELDS)
+    assert DistinctCount.get("price", Item) == 1
+    assert DistinctCount.frequency("price", decimal.Decimal("1.1"), Item) == 3
+    assert DistinctCount.frequency("author", author, Item) == 3
+    assert DistinctCount.frequency("flag", True, Item) == 3
+    # The rebuild path normalizes the database's values through the same function.
+    call_command("rebuild_counts", "testapp.Item", verbosity=0)
+    assert_exact(Item, ITEM_FIELDS)
+    call_command("rebuild_counts", "testapp.Item", check=True, stdout=_null())
+
+
+@pytest.mark.parametrize("value", [
+    "a:b", "{testapp.item.label}:values", "}{", "line\nbreak", "tab\there", "ünïcødé ☃ 中文",
+    "x" * 1900, " padded ", "", "0", "None", "\\", "'quote\"",
+])
+def test_awkward_values_count_and_never_touch_key_names(value: str) -> None:
+    Item.objects.create(label=value)
+    Item.objects.create(label=value)
+    Item.objects.create(label=value + "2")
+    assert DistinctCount.frequency("label", value, Item) == 2
+    assert_exact(Item, ("label",))
+    keys = {k.decode() for k in master().keys("*")}
+    assert all(k.startswith("distinct_counter:{") for k in keys), keys
+    assert not any(value and value in k.split("}", 1)[1] for k in keys if len(value) > 2)
+
+
+def test_key_names_carry_prefix_label_field_and_one_hash_slot() -> None:
+    MessageFactory.create_batch(3)
+    keys = sorted(k.decode() for k in master().keys("distinct_counter:{testapp.message.city}*"))
+    assert "distinct_counter:{testapp.message.city}:values" in keys
+    assert "distinct_counter:{testapp.message.city}:meta" in keys
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+
+
+def test_key_prefix_setting(settings: Any) -> None:
+    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "KEY_PREFIX": "other"}
+    call_command("rebuild_counts", "testapp.Venue", verbosity=0)
+    Venue.objects.create(city="Paris")
+    assert master().hlen("other:{testapp.venue.city}:values") == 1
+    assert DistinctCount.get("city", Venue) == 1
+
+
+# -- transactions ------------------------------------------------------------------------------
+
+
+def test_rollback_leaves_no_trace() -> None:
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Message.objects.create(username="ghost", city="Nowhere")
+        raise RuntimeError
+    assert not DistinctCount.contains("city", "Nowhere", Message)
+    assert_exact()
+
+
+def test_rolled_back_savepoint_leaves_no_trace() -> None:
+    with transaction.atomic():
+        Message.objects.create(username="kept", city="Paris")
+        with pytest.raises(RuntimeError), transaction.atomic():
+            Message.objects.create(username="ghost", city="Nowhere")
+            raise RuntimeError
+        Message.objects.create(username="kept2", city="Lyon")
+    assert not DistinctCount.contains("city", "Nowhere", Message)
+    assert DistinctCount.get("username", Message) == 2
+    assert_exact()
+
+
+def test_nothing_reaches_redis_before_commit() -> None:
+    with transaction.atomic():
+        Message.objects.create(username="ann", city="Paris")
+        assert master().hlen("distinct_counter:{testapp.message.city}:values") == 0
+    assert master().hlen("distinct_counter:{testapp.message.city}:values") == 1
+
+
+def _evalsha_calls() -> int:
+    stats = master().info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_a_transaction_reaches_redis_in_one_call_per_counter() -> None:
+    Message.objects.create(username="warm", city="up")  # loads the script
+    before = _evalsha_calls()
+    with transaction.atomic():
+        for i in range(100):
+            Message.objects.create(username=f"u{i}", city=f"c{i % 7}")
+        Venue.objects.create(city="Paris")
+    # One EVALSHA per counter touched (message.username, message.city, venue.city), all
+    # sent in a single pipeline; not one per save.
+    assert _evalsha_calls() - before == 3
+    assert_exact()
+
+
+# -- several models ----------------------------------------------------------------------------
+
+
+def test_several_models_count_separately() -> None:
+    Message.objects.create(username="a", city="Paris")
+    Venue.objects.create(city="Paris")
+    Venue.objects.create(city="Rome")
+    assert DistinctCount.get("city", Message) == 1
+    assert DistinctCount.get("city", Venue) == 2
+    assert DistinctCount.get("city", "testapp.Venue") == 2
+    assert DistinctCount.get("username") == 1  # unambiguous without a model
+
+
+def test_not_counted_and_ambiguous_fields_name_the_counters() -> None:
+    with pytest.raises(NotCounted, match="'body' of testapp.Message is not a counted field.*"
+                                         "testapp.message.city"):
+        DistinctCount.get("body", Message)
+    with pytest.raises(NotCounted, match=r"several models \(testapp.Message, testapp.Venue\)"):
+        DistinctCount.get("city")
+    with pytest.raises(ValueError, match="nope"):
+        DistinctCount.get("nope")
+
+
+# -- bulk operations ---------------------------------------------------------------------------
+
+
+def test_bulk_create() -> None:
+    Message.objects.bulk_create(
+        [Message(username=f"u{i % 13}", city=[None, "", "Paris", "Lyon"][i % 4])
+         for i in range(500)], batch_size=100)
+    assert_exact()
+
+
+def test_bulk_update() -> None:
+    messages = MessageFactory.create_batch(60)
+    for i, m in enumerate(messages):
+        m.city = f"new{i % 5}" if i % 3 else None
+        m.username = "same"
+    Message.objects.bulk_update(messages, ["city"], batch_size=25)
+    assert_exact()
+    Message.objects.bulk_update(messages, ["username"])
+    assert DistinctCount.get("username", Message) == 1
+    assert_exact()
+
+
+def test_queryset_update() -> None:
+    MessageFactory.create_batch(40)
+    Message.objects.filter(city="Paris").update(city="Lyon")
+    assert_exact()
+    Message.objects.filter(username__in=["user1", "user2"]).update(city=None, username="x")
+    assert_exact()
+    Message.objects.update(city="Everywhere")
+    assert DistinctCount.get("city", Message) == 1
+    assert_exact()
+
+
+def test_queryset_update_reads_old_values_with_one_query_per_counted_field() -> None:
+    MessageFactory.create_batch(30)
+    with CaptureQueriesContext(connection) as ctx:
+        Message.objects.filter(city__in=["Paris", "Lyon"]).update(city="Rome")
+    sql = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith("SELECT")]
+    assert len(sql) == 1 and "GROUP BY" in sql[0]
+    if connection.vendor == "postgresql":
+        assert "FOR UPDATE" in sql[0]
+    assert_exact()
+
+
+def test_update_of_uncounted_fields_costs_no_extra_query() -> None:
+    MessageFactory.create_batch(5)
+    with CaptureQueriesContext(connection) as ctx:
+        Message.objects.filter(city="Paris").update(body="edited")
+    assert len(ctx.captured_queries) == 1
+
+
+def test_update_with_an_expression_marks_the_counter_stale() -> None:
+    MessageFactory.create_batch(10)
+    Message.objects.update(city=Upper("username"))
+    result = DistinctCount.read("city", Message)
+    assert (result.state, result.source) == ("stale", "database")
+    assert result.count == distinct_in_db(Message, "city")
+    call_command("rebuild_counts", "testapp.message.city", verbosity=0)
+    assert_exact()
+
+
+def test_update_with_an_expression_on_an_uncounted_field_stays_exact() -> None:
+    MessageFactory.create_batch(5)
+    Message.objects.update(body=F("username"))
+    assert_exact()
+
+
+def test_queryset_delete() -> None:
+    MessageFactory.create_batch(50)
+    Message.objects.filter(city__in=["Paris", ""]).delete()
+    assert_exact()
+    Message.objects.all().delete()
+    assert DistinctCount.get("username", Message) == 0
+    assert_exact()
+
+
+def test_queryset_delete_reads_old_values_once() -> None:
+    MessageFactory.create_batch(40)
+    with CaptureQueriesContext(connection) as ctx:
+        Message.objects.filter(city="Paris").delete()
+    selects = [q for q in ctx.captured_queries if q["sql"].startswith("SELECT")]
+    # One locking read of the counted values, and the collector's own fetch.
+    assert len(selects) == 2
+    assert_exact()
+
+
+def test_cascade_from_another_model() -> None:
+    a, b = AuthorFactory(), AuthorFactory()
+    ItemFactory.create_batch(5, author=a, label="x")
+    ItemFactory.create_batch(3, author=b, label="y")
+    a.delete()
+    assert DistinctCount.get("author", Item) == 1
+    assert not DistinctCount.contains("label", "x", Item)
+    assert_exact(Item, ITEM_FIELDS)
+    Author.objects.all().delete()
+    assert_exact(Item, ITEM_FIELDS)
+
+
+def test_update_or_create_and_get_or_create() -> None:
+    m, _ = Message.objects.get_or_create(username="ann", defaults={"city": "Paris"})
+    Message.objects.get_or_create(username="ann", defaults={"city": "Lyon"})
+    assert not DistinctCount.contains("city", "Lyon", Message)
+    Message.objects.update_or_create(pk=m.pk, defaults={"city": "Oslo"})
+    Message.objects.update_or_create(username="bob", defaults={"city": "Oslo"})
+    assert DistinctCount.frequency("city", "Oslo", Message) == 2
+    assert_exact()
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def test_members_streams_every_distinct_value() -> None:
+    Message.objects.bulk_create([Message(username=f"user{i}", city=None) for i in range(2500)])
+    members = list(DistinctCount.members("username", Message, batch_size=100))
+    assert len(members) == len(set(members)) == 2500 == distinct_in_db(Message, "username")
+    assert set(members) == set(Message.objects.values_list("username", flat=True))
+
+
+def test_a_counter_never_built_is_missing_not_zero(settings: Any) -> None:
+    Venue.objects.create(city="Paris")
+    master().flushall()  # as on a Redis that never saw rebuild_counts
+    Venue.objects.create(city="Rome")  # writes do not fill a counter that was never built
+    result = DistinctCount.read("city", Venue)
+    assert (result.count, result.source, result.state) == (2, "database", "missing")
+    assert not master().exists("distinct_counter:{testapp.venue.city}:values")
+    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "FALLBACK": "raise"}
+    with pytest.raises(CounterUnavailable, match="missing.*rebuild_counts") as exc:
+        DistinctCount.get("city", Venue)
+    assert exc.value.state == "missing"
+    call_command("rebuild_counts", "testapp.Venue", verbosity=0)
+    assert DistinctCount.read("city", Venue).source == "redis"
+    assert DistinctCount.get("city", Venue) == 2
+
+
+def test_frequency_contains_and_members_fall_back_too() -> None:
+    MessageFactory.create_batch(10)
+    master().flushall()
+    assert DistinctCount.frequency("city", "Paris", Message) == frequency_in_db(
+        Message, "city", "Paris")
+    assert DistinctCount.contains("city", "Lyon", Message)
+    assert set(DistinctCount.members("city", Message)) == set(
+        Message.objects.exclude(city=None).values_list("city", flat=True))
+
+
+def _null() -> Any:
+    import io
+
+    return io.StringIO()
