@@ -96,8 +96,8 @@ class Breaker:
         self.open_until = time.monotonic() + float(conf.RETRY_INTERVAL)
         if first:
             logger.error(
-                "Redis of cache %r failed: %r; counters it misses are marked stale, "
-                "retrying every %ss", self.alias, exc, conf.RETRY_INTERVAL,
+                "Redis of cache %r failed: %s: %s; counters it misses are marked stale, "
+                "retrying every %ss", self.alias, type(exc).__name__, exc, conf.RETRY_INTERVAL,
             )
         else:
             logger.debug("Redis of cache %r still failing: %r", self.alias, exc)
