@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-from django.db import models, router, transaction
-from django.db.models import Count
+import itertools
+
+from django.db import connections, models, router, transaction
 from django.utils import timezone
 
 from distinct_counter.counting import Deltas, ensure_available
@@ -17,6 +18,13 @@ from distinct_counter.handlers import (
     record,
 )
 from distinct_counter.registry import Counter, counters_of
+
+
+def _merge(into: Deltas, deltas: Deltas) -> None:
+    for counter, values in deltas.items():
+        mine = into.setdefault(counter, {})
+        for value, delta in values.items():
+            mine[value] = mine.get(value, 0) + delta
 
 
 def _touched(model: type[models.Model], names: Iterable[str]) -> tuple[Counter, ...]:
@@ -54,12 +62,8 @@ class CountedQuerySet(models.QuerySet):  # type: ignore[type-arg]
             return created
         deltas: Deltas = {}
         for obj in created:
-            for counter, values in deltas_between(
-                counters, None, tuple(getattr(obj, c.attname) for c in counters)
-            ).items():
-                mine = deltas.setdefault(counter, {})
-                for value, delta in values.items():
-                    mine[value] = mine.get(value, 0) + delta
+            _merge(deltas, deltas_between(
+                counters, None, tuple(getattr(obj, c.attname) for c in counters)))
         record(self.db, deltas)
         return created
 
@@ -89,10 +93,7 @@ class CountedQuerySet(models.QuerySet):  # type: ignore[type-arg]
                     continue
                 seen.add(obj.pk)
                 new = tuple(getattr(obj, name) for name in attnames)
-                for counter, values in deltas_between(counters, old[obj.pk], new).items():
-                    mine = deltas.setdefault(counter, {})
-                    for value, delta in values.items():
-                        mine[value] = mine.get(value, 0) + delta
+                _merge(deltas, deltas_between(counters, old[obj.pk], new))
             record(self.db, deltas)
         return updated
 
@@ -109,27 +110,24 @@ class CountedQuerySet(models.QuerySet):  # type: ignore[type-arg]
                 if rows:
                     on_commit_stale(self.db, list(counters), "QuerySet.update() with an expression")
                 return rows
-            # Lock the rows first (FOR UPDATE in a subquery), then read their old values with
-            # one GROUP BY per counted field: no row is fetched into Python.
-            locked = self.model._base_manager.using(self.db).filter(
-                pk__in=self.order_by().select_for_update().values("pk")).order_by()
-            old = {c: list(locked.values_list(c.attname).annotate(n=Count("*")))
-                   for c in counters}
-            rows = int(super().update(**kwargs))
+            # Lock the rows and read their old values in one query, then update exactly
+            # those rows: a row inserted meanwhile that matches the filter is left out, as if
+            # this UPDATE had run first. Streamed, so memory stays flat on huge updates.
+            attnames = [c.attname for c in counters]
+            locked = self.order_by("pk").select_for_update().values_list("pk", *attnames)
+            conn = connections[self.db]
+            stream = (locked.iterator(chunk_size=2000) if conn.vendor == "postgresql"
+                      else iter(list(locked)))
+            base = self.model._base_manager.using(self.db)
             deltas: Deltas = {}
-            for counter in counters:
-                values = deltas.setdefault(counter, {})
-                for value, n in old[counter]:
-                    text = counter.normalize(value)
-                    if text is not None:
-                        values[text] = values.get(text, 0) - n
-                target = counter.normalize(new[counter])
-                if target is not None:
-                    values[target] = values.get(target, 0) + rows
+            rows = 0
+            new_values = tuple(new[c] for c in counters)
+            while chunk := list(itertools.islice(stream, 2000)):
+                rows += int(models.QuerySet.update(base.filter(pk__in=[r[0] for r in chunk]),
+                                                   **kwargs))
+                for row in chunk:
+                    _merge(deltas, deltas_between(counters, row[1:], new_values))
             record(self.db, deltas)
-            if any(sum(n for _, n in groups) != rows for groups in old.values()):
-                # A row inserted meanwhile matched the UPDATE but not the locking read.
-                on_commit_stale(self.db, list(counters), "rows changed during QuerySet.update()")
         return rows
 
     def delete(self) -> tuple[int, dict[str, int]]:
