@@ -558,6 +558,7 @@ def check(counter: Counter, using: str | None = None) -> Drift:
         compare(batch)
     drift.redis_distinct = int(client.hlen(values_key))
     drift.extra = drift.redis_distinct - found
+    drift.examples.sort()
     return drift
 
 
