@@ -24,6 +24,7 @@ class DistinctCounterConfig(AppConfig):
 def _setting_changed(setting: str, **kwargs: Any) -> None:
     """Forget what was derived from settings: Redis clients and breakers."""
     if setting in ("DISTINCT_COUNTER", "CACHES"):
-        from distinct_counter import connection
+        from distinct_counter import cache, connection
 
         connection.reset()
+        cache.reset()

@@ -10,6 +10,16 @@
 ``distinct_counter.E007``  a setting has a value outside its choices
 ``distinct_counter.W001``  a counted field has no database index
 ``distinct_counter.W002``  a counted model's default manager does not count bulk operations
+``distinct_counter.E020``  a MasterReplicaCache lacks ``OPTIONS`` ``MASTER`` or ``REPLICA``
+``distinct_counter.E021``  its ``MASTER``, ``REPLICA`` or ``LOCAL`` is not in ``CACHES``
+``distinct_counter.E022``  its ``MASTER`` or ``REPLICA`` is not a django-redis cache
+``distinct_counter.E023``  its ``LOCAL`` is its MASTER, its REPLICA or a MasterReplicaCache
+``distinct_counter.E024``  its ``REPLAY`` is not ``"delete"`` or ``"set"``
+``distinct_counter.E025``  its ``LOCAL_TTL`` or ``RETRY_INTERVAL`` is not a positive number
+``distinct_counter.E026``  its MASTER and REPLICA name keys differently
+``distinct_counter.E027``  its ``OPTIONS`` has an unknown key
+``distinct_counter.E028``  its MASTER or REPLICA hides failures (``IGNORE_EXCEPTIONS``)
+``distinct_counter.E029``  the directory of its ``JOURNAL_FILE`` does not exist
 =====================  =====================================================================
 """
 
@@ -30,6 +40,7 @@ REDIS_BACKENDS = ("django_redis.cache.RedisCache", "distinct_counter.cache.Maste
 
 def register() -> None:
     checks.register(check_settings, "distinct_counter")
+    checks.register(check_master_replica_caches, checks.Tags.caches)
     checks.register(check_models, checks.Tags.models)
 
 
@@ -85,6 +96,86 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 hint=f"Use one of: {', '.join(map(repr, choices))}.",
                 id="distinct_counter.E007",
             ))
+    return errors
+
+
+def check_master_replica_caches(app_configs: Any = None,
+                                **kwargs: Any) -> list[checks.CheckMessage]:
+    """The checks of every ``distinct_counter.cache.MasterReplicaCache`` in ``CACHES``."""
+    from distinct_counter.cache import node_aliases
+
+    errors: list[checks.CheckMessage] = []
+    for alias in node_aliases():
+        errors += check_master_replica_cache(alias)
+    return errors
+
+
+def check_master_replica_cache(alias: str) -> list[checks.CheckMessage]:
+    """The checks of the MasterReplicaCache ``CACHES[alias]``."""
+    import os
+
+    from distinct_counter.cache import OPTION_DEFAULTS, REPLAY_CHOICES, _is_node
+
+    def error(msg: str, hint: str, n: int) -> None:
+        errors.append(checks.Error(f"CACHES[{alias!r}]: {msg}", hint=hint,
+                                   id=f"distinct_counter.E0{n}"))
+
+    errors: list[checks.CheckMessage] = []
+    options = settings.CACHES[alias].get("OPTIONS", {})
+    for role in ("MASTER", "REPLICA"):
+        if not options.get(role):
+            error(f"OPTIONS has no {role!r}.", f"Set OPTIONS[{role!r}] to the alias of the "
+                  f"django-redis cache of the {role.lower()}.", 20)
+    redis_roles = {}
+    for role in ("MASTER", "REPLICA", "LOCAL"):
+        target = options.get(role)
+        if not target:
+            continue
+        if target not in settings.CACHES:
+            error(f"OPTIONS[{role!r}] names the cache {target!r}, which is not in CACHES.",
+                  f"Use one of: {', '.join(settings.CACHES)}; or add {target!r} to CACHES.", 21)
+            continue
+        cfg = settings.CACHES[target]
+        if role == "LOCAL":
+            if target in (options.get("MASTER"), options.get("REPLICA")) or _is_node(cfg):
+                error(f"OPTIONS['LOCAL'] names {target!r}, which is not a node-local cache.",
+                      "LOCAL must be a writable cache of this node only, e.g. a "
+                      "django.core.cache.backends.locmem.LocMemCache; or omit it.", 23)
+        elif _is_node(cfg) or not _is_redis_backend(cfg.get("BACKEND", "")):
+            error(f"OPTIONS[{role!r}] names {target!r}, which is not a django-redis cache.",
+                  "Use BACKEND 'django_redis.cache.RedisCache' with a redis:// LOCATION.", 22)
+        else:
+            redis_roles[role] = cfg
+    if options.get("REPLAY", "delete") not in REPLAY_CHOICES:
+        error(f"OPTIONS['REPLAY'] is {options['REPLAY']!r}.",
+              f"Use one of: {', '.join(map(repr, REPLAY_CHOICES))}.", 24)
+    for key in ("LOCAL_TTL", "RETRY_INTERVAL"):
+        value = options.get(key, OPTION_DEFAULTS[key])
+        if value is None and key == "RETRY_INTERVAL":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            error(f"OPTIONS[{key!r}] is {value!r}.", "Use a positive number of seconds.", 25)
+    if len(redis_roles) == 2:
+        differ = [k for k in ("KEY_PREFIX", "VERSION", "KEY_FUNCTION")
+                  if redis_roles["MASTER"].get(k) != redis_roles["REPLICA"].get(k)]
+        if differ:
+            error(f"its MASTER and REPLICA caches differ in {', '.join(differ)}, so reads "
+                  "would not find what writes stored.",
+                  "Give both caches the same KEY_PREFIX, VERSION and KEY_FUNCTION.", 26)
+        hiding = [r for r, cfg in redis_roles.items()
+                  if cfg.get("OPTIONS", {}).get("IGNORE_EXCEPTIONS")]
+        if hiding:
+            error(f"its {' and '.join(hiding)} cache sets IGNORE_EXCEPTIONS, which hides the "
+                  "failures that make it read from the master and journal writes.",
+                  "Remove IGNORE_EXCEPTIONS from those caches' OPTIONS.", 28)
+    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
+    if unknown:
+        error(f"OPTIONS has unknown keys: {', '.join(unknown)}.",
+              f"Known keys: {', '.join(OPTION_DEFAULTS)}.", 27)
+    journal = options.get("JOURNAL_FILE")
+    if journal and not os.path.isdir(os.path.dirname(os.path.abspath(journal))):
+        error(f"the directory of OPTIONS['JOURNAL_FILE'] ({journal!r}) does not exist.",
+              "Create it, or point JOURNAL_FILE at a file in an existing directory.", 29)
     return errors
 
 

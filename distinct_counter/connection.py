@@ -35,7 +35,8 @@ def get_client(alias: str, *, write: bool = True) -> redis.Redis:
     """The raw Redis client behind the django-redis cache ``alias``.
 
     ``write=False`` asks django-redis for a read connection (a replica when the cache's
-    ``LOCATION`` lists several servers).
+    ``LOCATION`` lists several servers). For a ``MasterReplicaCache``, the client is that of
+    its MASTER cache for writes, of its REPLICA cache for reads.
     """
     key = (alias, write)
     client = _clients.get(key)
@@ -48,7 +49,11 @@ def get_client(alias: str, *, write: bool = True) -> redis.Redis:
 
 
 def _make_client(alias: str, write: bool) -> redis.Redis:
+    from distinct_counter.cache import MasterReplicaCache
+
     cache: Any = caches[alias]
+    if isinstance(cache, MasterReplicaCache):
+        return _make_client(cache.redis_alias(write), write)
     try:
         base: redis.Redis = cache.client.get_client(write)
     except AttributeError:

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from distinct_counter.cache import cache_status, node, node_aliases
+
+
+def _lag(value: int | None) -> str:
+    return "lag ?" if value is None else f"lag {value} bytes"
+
+
+class Command(BaseCommand):
+    help = (
+        "Show each MasterReplicaCache (all, or those named): its master, the master's "
+        "replicas and their replication lag, this node's replica and its link, the journal."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "aliases", nargs="*", metavar="alias",
+            help="CACHES aliases of MasterReplicaCache caches; all of them when none is named.",
+        )
+        parser.add_argument("--json", action="store_true", help="Print JSON.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        aliases = options["aliases"] or node_aliases()
+        try:
+            for alias in aliases:
+                node(alias)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        statuses = [cache_status(alias) for alias in aliases]
+        if options["json"]:
+            self.stdout.write(json.dumps(statuses, indent=2))
+            return
+        if options["verbosity"] < 1:
+            return
+        for status in statuses:
+            self.stdout.write(self._text(status))
+
+    def _text(self, status: dict[str, Any]) -> str:
+        master, replica, journal = status["master"], status["replica"], status["journal"]
+        lines = [f"{status['alias']}:"]
+        if master["up"]:
+            lines.append(f"  master {master['alias']} ({master['location']}): up, "
+                         f"offset {master['offset']}, {len(master['replicas'])} replicas")
+        else:
+            lines.append(f"  master {master['alias']} ({master['location']}): DOWN, "
+                         f"{master['error']}")
+        for fed in master["replicas"]:
+            lines.append(f"    replica {fed['address']}: {fed['state']}, offset "
+                         f"{fed['offset']}, {_lag(fed['lag'])}")
+        if replica["up"]:
+            lines.append(f"  node replica {replica['alias']} ({replica['location']}): up, "
+                         f"link {replica['link']}, offset {replica['offset']}, "
+                         f"{_lag(replica['lag'])}")
+        else:
+            lines.append(f"  node replica {replica['alias']} ({replica['location']}): DOWN, "
+                         f"{replica['error']}")
+        lines.append(f"  journal: {journal['entries']} writes waiting ({journal['location']})")
+        return "\n".join(lines)
