@@ -3,21 +3,15 @@ master is down.
 
 One Redis master replicates to a Redis replica on (or next to) every web node. On each node,
 :class:`MasterReplicaCache` reads from that node's replica and sends every write to the
-master, which fans it out to every replica::
+master, which fans it out to every replica. Its ``OPTIONS`` name other caches of ``CACHES``::
 
-    CACHES = {
-        "master": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://master:6379/0"},
-        "replica": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:6379/0"},
-        "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-                  "OPTIONS": {"MAX_ENTRIES": 10_000}},
-        "default": {
-            "BACKEND": "distinct_counter.cache.MasterReplicaCache",
-            "OPTIONS": {"MASTER": "master", "REPLICA": "replica", "LOCAL": "local"},
-        },
+    "default": {
+        "BACKEND": "distinct_counter.cache.MasterReplicaCache",
+        "OPTIONS": {"MASTER": "master", "REPLICA": "replica", "LOCAL": "local"},
     }
 
-The public functions :func:`replay_journal` and :func:`cache_status` are what the
-``replay_cache_journal`` and ``cache_status`` management commands run.
+:func:`replay_journal` and :func:`cache_status` are what the ``replay_cache_journal`` and
+``cache_status`` management commands run.
 """
 
 from __future__ import annotations
@@ -39,7 +33,6 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
-from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from distinct_counter.conf import conf
@@ -212,16 +205,23 @@ class FileJournal(Journal):
         self.lock = _lock(f"file:{self.path}")
 
     @contextlib.contextmanager
-    def _locked(self, mode: str) -> Iterator[Any]:
-        with self.lock, open(self.path, mode) as fh:
-            if fcntl is not None:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-            yield fh
+    def _locked(self) -> Iterator[Any]:
+        with self.lock:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            with open(fd, "r+b") as fh:
+                # Entries are unpickled on replay: refuse a file anyone else could write.
+                st = os.fstat(fd)
+                if st.st_uid != os.getuid() or st.st_mode & 0o022:
+                    raise PermissionError(f"journal file {str(self.path)!r} is writable by "
+                                          "another user; remove it or set JOURNAL_FILE")
+                if fcntl is not None:
+                    fcntl.flock(fh, fcntl.LOCK_EX)
+                yield fh
 
     def append(self, entry: dict[str, Any]) -> None:
-        line = base64.b64encode(pickle.dumps(entry, pickle.HIGHEST_PROTOCOL)) + b"\n"
-        with self._locked("ab") as fh:
-            fh.write(line)
+        with self._locked() as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.write(_line(entry))
 
     def __len__(self) -> int:
         try:
@@ -238,15 +238,18 @@ class FileJournal(Journal):
 
     @contextlib.contextmanager
     def taken(self) -> Iterator[list[dict[str, Any]]]:
-        with self._locked("a+b") as fh:
-            fh.seek(0)
+        with self._locked() as fh:
             entries = [pickle.loads(base64.b64decode(line)) for line in fh if line.strip()]
             try:
                 yield entries
             finally:
-                fh.truncate(0)
-                fh.writelines(base64.b64encode(pickle.dumps(e, pickle.HIGHEST_PROTOCOL)) + b"\n"
-                              for e in entries)
+                fh.seek(0)
+                fh.truncate()
+                fh.writelines(_line(e) for e in entries)
+
+
+def _line(entry: dict[str, Any]) -> bytes:
+    return base64.b64encode(pickle.dumps(entry, pickle.HIGHEST_PROTOCOL)) + b"\n"
 
 
 # -- the backend -------------------------------------------------------------------------------
@@ -287,19 +290,17 @@ class MasterReplicaCache(BaseCache):
     """
 
     def __init__(self, location: str, params: dict[str, Any]) -> None:
+        # Never raise here: Django's own checks build every cache, and a misconfiguration is
+        # reported by this app's checks (distinct_counter.E020-E029) instead of a traceback.
         options: dict[str, Any] = {**OPTION_DEFAULTS, **params.get("OPTIONS", {})}
         self.master_alias: str = options["MASTER"]
         self.replica_alias: str = options["REPLICA"]
         self.local_alias: str | None = options["LOCAL"]
-        if not self.master_alias or not self.replica_alias:
-            raise ImproperlyConfigured(
-                f"{BACKEND} needs OPTIONS MASTER and REPLICA (cache aliases)")
         master_params = settings.CACHES.get(self.master_alias, {})
         super().__init__({k: master_params[k] for k in KEY_SETTINGS if k in master_params})
-        self.local_ttl = float(options["LOCAL_TTL"])
+        self.local_ttl = _seconds(options["LOCAL_TTL"], OPTION_DEFAULTS["LOCAL_TTL"])
         self.replay_mode: str = options["REPLAY"]
-        interval = options["RETRY_INTERVAL"]
-        self.retry_interval = float(conf.RETRY_INTERVAL if interval is None else interval)
+        self.retry_interval = _seconds(options["RETRY_INTERVAL"], conf.RETRY_INTERVAL)
         name = f"{self.master_alias}.{self.replica_alias}"
         if self.local_alias:
             self.journal: Journal = CacheJournal(self.local_alias, name)
@@ -355,13 +356,19 @@ class MasterReplicaCache(BaseCache):
         if self.replay_mode != "set":
             entry.pop("value", None)
             entry.pop("data", None)
-        self.journal.append(entry)
+        try:
+            self.journal.append(entry)
+        except OSError as exc:  # The request goes on; the loss is loud.
+            logger.error("Cache write %s of %r lost: the master is down and the journal "
+                         "failed: %s", entry["op"], entry.get("key", entry.get("keys")), exc)
         return False, None
 
     def _replay(self) -> bool:
         """Send the journal to the master, in order; False if it failed midway."""
         master = caches[self.master_alias]
         with self.journal.taken() as entries:
+            if not entries:
+                return True
             while entries:
                 try:
                     _apply(master, entries[0], self.replay_mode)
@@ -525,6 +532,13 @@ def _apply(master: BaseCache, entry: dict[str, Any], mode: str) -> None:
             master.delete(key, version=version)
     else:  # pragma: no cover - written by this module only
         raise ValueError(f"unknown journal entry {entry!r}")
+
+
+def _seconds(value: Any, default: Any) -> float:
+    try:
+        return float(default if value is None else value)
+    except (TypeError, ValueError):
+        return float(default)
 
 
 def _default_journal_file(master: str, params: dict[str, Any]) -> Path:

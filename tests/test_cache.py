@@ -23,7 +23,7 @@ import redis
 from django.conf import settings as django_settings
 from django.core.cache import caches
 from django.core.management import call_command
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, SystemCheckError
 
 from distinct_counter import DistinctCount
 from distinct_counter import cache as mrc
@@ -568,6 +568,20 @@ def test_master_and_replica_down_reads_miss_and_writes_journal(topology: Any,
         server.start()
 
 
+def test_a_journal_file_others_can_write_is_refused(
+    topology: Any, killed_master: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = tmp_path / "journal"
+    journal.write_bytes(b"")
+    journal.chmod(0o666)
+    caches["plain"].delete("k")  # no exception reaches the caller...
+    assert "Cache write delete of 'k' lost" in caplog.text  # ...and the loss is loud
+    assert journal.read_bytes() == b""
+    journal.chmod(0o600)
+    caches["plain"].delete("k")
+    assert len(caches["plain"].journal) == 1
+
+
 # -- counters through the topology ----------------------------------------------------------------
 
 
@@ -730,7 +744,12 @@ def test_e028_ignore_exceptions_hides_failures(settings: Any, tmp_path: Path) ->
     assert error.id == "distinct_counter.E028" and "REPLICA" in error.msg
 
 
-def test_checks_run_with_manage_py_check(settings: Any, tmp_path: Path) -> None:
-    with_node(settings, tmp_path, REPLAY="merge")
-    with pytest.raises(Exception, match="distinct_counter.E024"):
+@pytest.mark.parametrize("options,error_id", [
+    ({"MASTER": None}, "E020"), ({"LOCAL_TTL": "soon"}, "E025"), ({"REPLAY": "merge"}, "E024"),
+])
+def test_manage_py_check_reports_rather_than_crashes(
+    settings: Any, tmp_path: Path, options: dict[str, Any], error_id: str
+) -> None:
+    with_node(settings, tmp_path, **options)
+    with pytest.raises(SystemCheckError, match=f"distinct_counter.{error_id}"):
         call_command("check", stdout=StringIO(), stderr=StringIO())
