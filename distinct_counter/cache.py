@@ -326,10 +326,11 @@ class MasterReplicaCache(BaseCache):
     def _timeout(self, timeout: Any) -> float | None:
         return self.default_timeout if timeout is DEFAULT_TIMEOUT else timeout
 
-    def _read(self, call: Callable[[BaseCache], Any], failed: Any) -> Any:
+    def _read(self, call: Callable[[BaseCache], Any], failed: Any,
+              master_first: bool = False) -> Any:
         """``call`` on the replica, else on the master; ``failed`` when both fail."""
-        for alias, gate in ((self.replica_alias, self._replica),
-                            (self.master_alias, self._master)):
+        order = [(self.replica_alias, self._replica), (self.master_alias, self._master)]
+        for alias, gate in order[::-1] if master_first else order:
             if not gate.allow():
                 continue
             try:
@@ -395,9 +396,21 @@ class MasterReplicaCache(BaseCache):
         caches[self.local_alias].set(key, entry, ttl, version=version)
 
     def _remembered(self, keys: Iterable[str], version: int | None) -> dict[str, tuple[str, Any]]:
+        """What LOCAL knows of ``keys``: (``"set"``, value) or (``"deleted"``, None)."""
         if not self.local_alias:
             return {}
-        return caches[self.local_alias].get_many(list(keys), version=version)
+        keys = list(keys)
+        local = caches[self.local_alias]
+        found = local.get_many(keys, version=version)
+        if len(found) < len(keys) and local.get(self._cleared_key) is not None:
+            # This node cleared the cache within LOCAL_TTL: what it has not written since
+            # is gone, whatever the replica still holds.
+            found.update({k: (_DELETED, None) for k in keys if k not in found})
+        return found
+
+    @property
+    def _cleared_key(self) -> str:
+        return f"distinct_counter.cache.cleared.{self.master_alias}.{self.replica_alias}"
 
     # -- reads
 
@@ -424,8 +437,13 @@ class MasterReplicaCache(BaseCache):
 
     def ttl(self, key: str, version: int | None = None) -> int | None:
         """Seconds ``key`` has left (django-redis's answer: ``None`` for no expiry, 0 for a
-        missing key), as the replica knows it."""
-        return self._read(lambda c: c.ttl(key, version=version), 0)  # type: ignore[attr-defined]
+        missing key). The master answers for a key this node wrote within ``LOCAL_TTL``,
+        which the replica may not have yet; the replica for any other."""
+        entry = self._remembered([key], version).get(key)
+        if entry is not None and entry[0] == _DELETED:
+            return 0
+        return self._read(lambda c: c.ttl(key, version=version), 0,  # type: ignore[attr-defined]
+                          master_first=entry is not None)
 
     # -- writes
 
@@ -509,6 +527,7 @@ class MasterReplicaCache(BaseCache):
                 kept = list(entries)
                 caches[self.local_alias].clear()
                 entries[:] = kept
+            caches[self.local_alias].set(self._cleared_key, True, self.local_ttl)
 
 
 def _apply(master: BaseCache, entry: dict[str, Any], mode: str) -> None:

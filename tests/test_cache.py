@@ -120,7 +120,7 @@ class Replicated:
     the replica, see it (the ``plain`` node has no ``LOCAL`` to remember its writes)."""
 
     WRITES = {"set", "add", "set_many", "delete", "delete_many", "incr", "decr", "touch",
-              "clear", "get_or_set"}
+              "clear", "get_or_set", "incr_version", "decr_version"}
 
     def __init__(self, cache: Any) -> None:
         self.cache = cache
@@ -401,6 +401,13 @@ class TestDjangoCacheAPI:
         assert cache.get("answer") is None
         assert cache.get("answer", version=2) == 42
         assert cache.has_key("answer", version=2) is True
+        assert cache.incr_version("answer", version=2) == 3
+        assert cache.get("answer", version=2) is None
+        assert cache.get("answer", version=3) == 42
+        assert cache.decr_version("answer", version=3) == 2
+        assert cache.get("answer", version=2) == 42
+        with pytest.raises(ValueError):
+            cache.incr_version("does_not_exist")
 
 
 # -- the topology --------------------------------------------------------------------------------
@@ -441,6 +448,22 @@ def test_node1_reads_its_own_write_before_replication(detached_replica1: redis.R
     assert caches["replica1"].get("mine") is None
     assert caches["plain"].get("mine") is None
     assert caches["default"].get("mine") == "fresh"
+
+
+def test_node1_reads_its_own_clear_and_ttl_before_replication(
+    detached_replica1: redis.Redis,
+) -> None:
+    caches["replica1"].set("old", "x")  # detached, the replica takes writes
+    caches["node1"].set("fresh", "y", 100)
+    assert 90 < caches["node1"].ttl("fresh") <= 100  # the master's answer
+    assert caches["plain"].ttl("fresh") == 0  # the replica's
+    caches["node1"].clear()
+    assert caches["replica1"].get("old") == "x"
+    assert caches["node1"].get("old") is None
+    assert caches["node1"].get_many(["old"]) == {}
+    assert caches["node1"].has_key("old") is False
+    caches["node1"].set("after", "z")
+    assert caches["node1"].get("after") == "z"
 
 
 @pytest.fixture
