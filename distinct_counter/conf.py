@@ -22,7 +22,8 @@ DEFAULTS: dict[str, Any] = {
     "SOCKET_TIMEOUT": 0.5,
     "SOCKET_CONNECT_TIMEOUT": 0.5,
     "REBUILD_BATCH_SIZE": 5000,
-    "REBUILD_GRACE": 2.0,
+    "REBUILD_GRACE": 0.5,
+    "REBUILD_SETTLE": 30.0,
     # Database router
     "PRIMARY": "default",
     "REPLICAS": [],

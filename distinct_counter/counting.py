@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import DatabaseError, connections, models, router
+from django.db import DatabaseError, connections, models, router, transaction
 from django.db.models import Count
 
 from distinct_counter import connection as redis_connection
@@ -29,17 +29,23 @@ logger = logging.getLogger("distinct_counter")
 # Deltas are applied only to a built counter (meta exists), so a counter never built does not
 # fill up with partial data. A count that reaches 0 is removed; a negative one is kept, since
 # the matching increment of a transaction that committed earlier may still be on its way.
-# While a rebuild runs (journal_on), the values touched are journaled for its recount.
+# While a rebuild runs (journal_on), the values touched are journaled for its recount, with
+# the server time of their first touch since the rebuild last took them (ZADD NX).
 APPLY = Script("""
 local built = redis.call('EXISTS', KEYS[2]) == 1
 local journal = redis.call('EXISTS', KEYS[3]) == 1
+local now
+if journal then
+  local t = redis.call('TIME')
+  now = t[1] .. '.' .. string.format('%06d', t[2])
+end
 for i = 1, #ARGV, 2 do
   if built then
     if redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) == 0 then
       redis.call('HDEL', KEYS[1], ARGV[i])
     end
   end
-  if journal then redis.call('SADD', KEYS[4], ARGV[i]) end
+  if journal then redis.call('ZADD', KEYS[4], 'NX', now, ARGV[i]) end
 end
 return 0
 """)
@@ -50,16 +56,17 @@ redis.call('UNLINK', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) end
 redis.call('HSET', KEYS[3], 'state', 'ok', 'built_at', ARGV[1], 'rows', ARGV[2])
 redis.call('HDEL', KEYS[3], 'stale_since')
-return 1
+return redis.call('TIME')
 """)
 
 # KEYS: values. ARGV: value, count... Absolute counts from the database's recount.
+# Returns the server time at which they were set.
 SET_COUNTS = Script("""
 for i = 1, #ARGV, 2 do
   if tonumber(ARGV[i + 1]) == 0 then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
-return 0
+return redis.call('TIME')
 """)
 
 # KEYS: meta. ARGV: time of the missed write. Marks a built counter stale unless it was
@@ -372,6 +379,9 @@ class RebuildResult:
     values: int
     recounted: int
     seconds: float
+    #: False when writes never paused for ``REBUILD_GRACE`` within ``REBUILD_SETTLE`` seconds
+    #: after the swap: the values touched in the last moments may be off (see ``rebuild``).
+    settled: bool = True
 
 
 Progress = Callable[[Counter, int, int], None]
@@ -388,6 +398,16 @@ def rebuild(counter: Counter, using: str | None = None,
     counter for ``REBUILD_GRACE`` seconds, so a write that commits during the rebuild is
     neither lost nor counted twice.
 
+    Why a pause is needed: a write reaches Redis just after its transaction commits, so a
+    recount cannot tell, for a write that lands right after it read the database, whether
+    the database's answer already included that write. A value is settled once no write
+    touched it for ``REBUILD_GRACE`` (longer than any commit-to-Redis delay) around its
+    recount. Values written more often than that (the hottest ones) are recounted, after
+    ``REBUILD_SETTLE`` seconds, with the table's writes paused for about ``REBUILD_GRACE``
+    (a ``SHARE`` lock on PostgreSQL); where that is not possible the result says
+    ``settled=False`` and the counts of those values may be off by the writes in flight,
+    which ``rebuild_counts --check`` at a quieter time shows.
+
     :raises RebuildInProgress: another rebuild of this counter is running.
     """
     started = time.monotonic()
@@ -402,6 +422,9 @@ def rebuild(counter: Counter, using: str | None = None,
     try:
         client.delete(journal, tmp)
         client.set(journal_on, "1", px=ttl_ms)
+        # Every write committed after this moment may be missing from the scan (on a replica,
+        # _wait_for_replay makes the scan see everything committed before it).
+        snapshot = _server_time(client)
         _wait_for_replay(using, primary)
         rows = values = 0
         batch: dict[str, int] = {}
@@ -412,7 +435,6 @@ def rebuild(counter: Counter, using: str | None = None,
                 lock_key, ttl_ms).pexpire(journal_on, ttl_ms).execute()
             batch.clear()
 
-        scan_started = time.monotonic()
         for text, n in grouped_counts(counter, using, chunk_size=batch_size):
             if text in batch:
                 values -= 1
@@ -425,11 +447,11 @@ def rebuild(counter: Counter, using: str | None = None,
                     progress(counter, rows, values)
         if batch:
             flush()
-        run_script(client, SWAP, [tmp, counter.key("values"), counter.key("meta")],
-                   [time.time(), rows])
+        swapped = _as_seconds(run_script(
+            client, SWAP, [tmp, counter.key("values"), counter.key("meta")], [time.time(), rows]))
         if progress:
             progress(counter, rows, values)
-        recounted = _recount_journal(counter, client, primary, scan_started)
+        recounted, settled = _recount_journal(counter, client, primary, snapshot, swapped)
         client.delete(journal_on, journal)
     finally:
         run_script(client, RELEASE, [lock_key], [token])
@@ -437,37 +459,117 @@ def rebuild(counter: Counter, using: str | None = None,
 
     CounterState.mark_rebuilt(counter.label)
     _pending_stale.pop(counter.label, None)
-    return RebuildResult(counter, rows, values, recounted, time.monotonic() - started)
+    if not settled:
+        logger.warning("Rebuild of %s: writes never paused for %ss within %ss; the counts of the "
+                       "values written in its last moments may be off by writes in flight",
+                       counter.label, conf.REBUILD_GRACE, conf.REBUILD_SETTLE)
+    return RebuildResult(counter, rows, values, recounted, time.monotonic() - started, settled)
 
 
-def _recount_journal(counter: Counter, client: Any, primary: str, last_read: float) -> int:
+def _server_time(client: Any) -> float:
+    return _as_seconds(client.time())
+
+
+def _as_seconds(t: Any) -> float:
+    """Redis ``TIME`` (seconds, microseconds) as float seconds."""
+    return int(t[0]) + int(t[1]) / 1e6
+
+
+def _recount_journal(counter: Counter, client: Any, primary: str,
+                     snapshot: float, swapped: float) -> tuple[int, bool]:
     """Recount, from the primary, the values that writers touched since the rebuild began.
 
-    Ends once the journal has stayed empty for ``REBUILD_GRACE`` seconds after the last
-    database read: a transaction that had committed before that read and reaches Redis later
-    journals its value again and is recounted. The grace is how long a committed write may
-    take to reach Redis.
+    A value's count is trustworthy once no write touched it from just before its count was
+    read from the database until ``REBUILD_GRACE`` seconds after the count was stored: a
+    write landing in that window may be one the read already saw (its transaction committed
+    before the database took its snapshot, somewhere before the count was stored) or one it
+    missed. The scan is such a read for every value (from ``snapshot`` to the swap); each
+    recount is one for the values it reads. Values touched inside their window
+    are recounted again; values touched after it are left alone, so the recount ends even
+    while writers keep writing, unless they touch some value more often than the grace.
+    All times are the Redis server's, so writers and the rebuild share one clock. Returns
+    the number of values recounted, and False if ``REBUILD_SETTLE`` seconds passed first.
     """
     grace = float(conf.REBUILD_GRACE)
-    journal, values_key = counter.key("journal"), counter.key("values")
+    give_up = time.monotonic() + float(conf.REBUILD_SETTLE)
+    journal = counter.key("journal")
+    first_window = (snapshot, swapped + grace)
+    windows: dict[str, tuple[float, float]] = {}
+    last_end = first_window[1]
     recounted = 0
     while True:
-        taken = [v.decode() for v in client.spop(journal, 1000) or []]
-        if not taken:
-            if time.monotonic() - last_read >= grace:
-                return recounted
-            time.sleep(0.02)
+        # Taken before the pop: writes landing after it are journaled again, at a later time.
+        read_at = _server_time(client)
+        taken = [(v.decode(), t) for v, t in client.zpopmin(journal, 1000)]
+        todo = [v for v, touched in taken if touched <= windows.get(v, first_window)[1]]
+        if not todo:
+            if len(taken) < 1000 and read_at >= last_end:
+                return recounted, True  # drained, and every window has closed
+            if time.monotonic() > give_up:
+                return _recount_locked(counter, client, primary, windows, read_at, recounted)
+            if not taken:
+                time.sleep(0.02)
             continue
-        last_read = time.monotonic()
-        counts = dict.fromkeys(taken, 0)
-        for text, n in grouped_counts(counter, primary, values=taken):
-            if text in counts:
-                counts[text] += n
-        args: list[Any] = []
-        for text, n in counts.items():
-            args += [text, n]
-        run_script(client, SET_COUNTS, [values_key], args)
-        recounted += len(taken)
+        stored = _recount(counter, client, primary, todo)
+        end = stored + grace
+        windows.update(dict.fromkeys(todo, (read_at, end)))
+        last_end = max(last_end, end)
+        recounted += len(todo)
+        if time.monotonic() > give_up:
+            return _recount_locked(counter, client, primary, windows, read_at, recounted)
+
+
+def _recount(counter: Counter, client: Any, using: str, values: list[str]) -> float:
+    """Store the database's row counts of ``values``; return the server time they were set."""
+    counts = dict.fromkeys(values, 0)
+    for text, n in grouped_counts(counter, using, values=values):
+        if text in counts:
+            counts[text] += n
+    args: list[Any] = []
+    for text, n in counts.items():
+        args += [text, n]
+    return _as_seconds(run_script(client, SET_COUNTS, [counter.key("values")], args))
+
+
+#: How long the last resort of a rebuild may wait for its table lock before giving up.
+LOCK_TIMEOUT = "5s"
+
+
+def _recount_locked(counter: Counter, client: Any, primary: str,
+                    windows: dict[str, tuple[float, float]], now: float,
+                    recounted: int) -> tuple[int, bool]:
+    """The last resort for values written more often than the grace: recount them with
+    writes to the table paused.
+
+    ``LOCK TABLE ... IN SHARE MODE`` lets readers read but makes writers wait, so nothing
+    commits while it is held; after ``REBUILD_GRACE`` every committed write has reached Redis,
+    and the counts read then are exact, whatever lands after the lock is released being
+    a write they did not see. Writers wait about ``REBUILD_GRACE`` plus one query, once per
+    rebuild that needs it. PostgreSQL only; elsewhere, and when the lock is not granted
+    within ``LOCK_TIMEOUT``, the rebuild ends unsettled.
+    """
+    connection = connections[primary]
+    if connection.vendor != "postgresql":
+        return recounted, False
+    table = connection.ops.quote_name(counter.model._meta.db_table)
+    try:
+        with transaction.atomic(using=primary), connection.cursor() as cur:
+            cur.execute("SET LOCAL lock_timeout = %s", [LOCK_TIMEOUT])
+            cur.execute(f"LOCK TABLE {table} IN SHARE MODE")
+            time.sleep(float(conf.REBUILD_GRACE))
+            journal = counter.key("journal")
+            todo = {v.decode() for v, _ in client.zrange(journal, 0, -1, withscores=True)}
+            todo.update(v for v, (_, end) in windows.items() if end > now)
+            client.delete(journal)
+            logger.info("Rebuild of %s: recounting %d values with writes paused",
+                        counter.label, len(todo))
+            values = sorted(todo)
+            for start in range(0, len(values), 1000):
+                _recount(counter, client, primary, values[start:start + 1000])
+    except DatabaseError as exc:
+        logger.warning("Rebuild of %s could not lock its table: %s", counter.label, exc)
+        return recounted, False
+    return recounted + len(todo), True
 
 
 def _wait_for_replay(using: str, primary: str, timeout: float = 60.0) -> None:

@@ -101,6 +101,12 @@ class Command(BaseCommand):
                     f"{counter.label}: {result.values} distinct values in {result.rows} rows, "
                     f"{result.recounted} recounted, {result.seconds:.2f}s"
                 )
+            if not result.settled and verbosity >= 1:
+                self.stderr.write(
+                    f"{counter.label}: writes never paused during the recount; the counts of "
+                    "values written in its last moments may be off: check later with "
+                    "rebuild_counts --check"
+                )
 
     def _progress_bar(self, counter: Counter, verbosity: int) -> Any:
         """A tqdm bar on an interactive terminal; none when piped or with -v 0."""

@@ -1,0 +1,149 @@
+"""Many writer processes, and rebuilds while they write: the counters end exact."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connections
+
+from distinct_counter.counting import rebuild
+from distinct_counter.registry import resolve
+from tests.conftest import master
+from tests.testapp.models import Message
+
+pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "replica"]),
+              pytest.mark.slow]
+
+ROOT = Path(__file__).parent.parent
+
+
+def spawn(seed: int, ops: int, stop_file: Path | None = None,
+          hot: bool = False) -> subprocess.Popen[str]:
+    args = [sys.executable, "-m", "tests.workers", str(seed), str(ops)]
+    if stop_file is not None:
+        args.append(str(stop_file))
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    if hot:
+        env["WORKERS_CITIES"] = "3"  # a few values, each written many times a second
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def finish(procs: list[subprocess.Popen[str]]) -> list[tuple[int, int]]:
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        _, done, failed = out.split()
+        results.append((int(done), int(failed)))
+    return results
+
+
+def assert_counters_equal_database(fields: tuple[str, ...] = ("username", "city")) -> None:
+    """Value by value: the Redis hash holds exactly the database's GROUP BY."""
+    for field in fields:
+        counter = resolve(field, Message)
+        assert master().hget(counter.key("meta"), "state") == b"ok"
+        in_redis = {k.decode(): int(v) for k, v in master().hgetall(counter.key("values")).items()}
+        with connections["default"].cursor() as cur:
+            cur.execute(f'SELECT "{field}", COUNT(*) FROM testapp_message '
+                        f'WHERE "{field}" IS NOT NULL GROUP BY 1')
+            in_db = {value: n for value, n in cur.fetchall()}
+        assert in_redis == in_db, field
+        assert len(in_redis) == Message.objects.values(field).exclude(
+            **{field: None}).distinct().count()
+
+
+def test_eight_processes_writing_at_once() -> None:
+    call_command("rebuild_counts", "testapp.Message", verbosity=0)
+    results = finish([spawn(seed, 2500) for seed in range(8)])
+    assert sum(done for done, _ in results) == 8 * 2500
+    assert Message.objects.count() > 0
+    assert_counters_equal_database()
+
+
+def test_rebuilds_while_writers_keep_writing(tmp_path: Path, settings: Any) -> None:
+    # Writers never pause: each value settles once no write touched it for the grace.
+    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "REBUILD_GRACE": 0.5,
+                                 "REBUILD_SETTLE": 2.0, "REBUILD_BATCH_SIZE": 200}
+    Message.objects.bulk_create(
+        [Message(username=f"user{i % 60}", city=f"city{i % 25}") for i in range(20000)])
+    stop = tmp_path / "stop"
+    procs = [spawn(100 + seed, 0, stop) for seed in range(4)]
+    try:
+        time.sleep(1.0)
+        for database in ("default", "replica", "default"):
+            # No counter to start from on the first rebuild: it is built under the writers.
+            call_command("rebuild_counts", "testapp.Message", database=database, verbosity=0)
+            time.sleep(0.5)
+    finally:
+        stop.touch()
+        results = finish(procs)
+    assert all(done > 0 for done, _ in results)
+    # Exact once the writers stop, without a second rebuild.
+    assert_counters_equal_database()
+    call_command("rebuild_counts", "testapp.Message", check=True, stdout=StringIO())
+
+
+def test_values_written_more_often_than_the_grace_settle_under_a_table_lock(
+        tmp_path: Path, settings: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # Six values, two writers that never pause: some value is always inside its window, so
+    # only the last resort (a recount with the table's writes paused) can settle them.
+    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "REBUILD_GRACE": 0.3,
+                                 "REBUILD_SETTLE": 0.5}
+    Message.objects.bulk_create([Message(username=f"u{i}", city=f"c{i % 6}") for i in range(500)])
+    stop = tmp_path / "stop"
+    procs = [spawn(200 + seed, 0, stop, hot=True) for seed in range(2)]
+    try:
+        time.sleep(1.0)
+        with caplog.at_level("INFO", logger="distinct_counter"):
+            result = rebuild(resolve("city", Message), "default")
+    finally:
+        stop.touch()
+        finish(procs)
+    assert result.settled is True
+    assert "with writes paused" in caplog.text
+    assert_counters_equal_database(("city",))
+
+
+def test_two_rebuilds_of_one_counter_do_not_run_at_once(settings: Any) -> None:
+    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "REBUILD_BATCH_SIZE": 10}
+    Message.objects.bulk_create([Message(username=f"u{i}", city=f"c{i}") for i in range(100)])
+    counter = resolve("city", Message)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_progress(*args: Any) -> None:
+        inside.set()
+        release.wait(30)
+
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            rebuild(counter, "default", progress=slow_progress)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert inside.wait(30)
+        with pytest.raises(CommandError, match="another rebuild of testapp.message.city"):
+            call_command("rebuild_counts", "testapp.Message.city", verbosity=0)
+    finally:
+        release.set()
+        thread.join(60)
+    assert not errors
+    assert_counters_equal_database(("city",))
