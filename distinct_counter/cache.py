@@ -207,7 +207,8 @@ class FileJournal(Journal):
     @contextlib.contextmanager
     def _locked(self) -> Iterator[Any]:
         with self.lock:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
+                         0o600)
             with open(fd, "r+b") as fh:
                 # Entries are unpickled on replay: refuse a file anyone else could write.
                 st = os.fstat(fd)
