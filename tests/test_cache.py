@@ -8,12 +8,16 @@ restarted; what they hold is read back from each server itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import pickle
 import re
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,6 @@ from distinct_counter import cache as mrc
 from distinct_counter.checks import check_master_replica_cache, check_settings
 from distinct_counter.connection import get_client
 from distinct_counter.counting import CountResult
-from distinct_counter.embedded import RedisServer
 from tests.conftest import distinct_in_db, wait_until
 from tests.testapp.models import Message
 
@@ -466,28 +469,35 @@ def test_node1_reads_its_own_clear_and_ttl_before_replication(
     assert caches["node1"].get("after") == "z"
 
 
-@pytest.fixture
-def killed_master(topology: Any, nodes: None) -> Iterator[RedisServer]:
-    """The master, holding a snapshot of its data (``SAVE``), killed; it is restarted with that
-    data by the test, and started (empty) again afterwards if the test did not."""
+@contextlib.contextmanager
+def master_down(topology: Any) -> Iterator[Callable[[], None]]:
+    """The master killed after a snapshot of its data (``SAVE``). Yields ``restart()``, which
+    starts it again with that data, as a master with persistence would come back; afterwards
+    it is running again in any case, and later restarts of the session start empty."""
     server = topology.redis_master
     raw("default").save()
     server.kill()
+
+    def restart() -> None:
+        server.start()
+        (server.workdir / "dump.rdb").unlink()
+        links_up(topology)
+        replicated()
+
     try:
-        yield server
+        yield restart
     finally:
+        (server.workdir / "dump.rdb").unlink(missing_ok=True)
         if not server.is_running():
             server.start()
-        (server.workdir / "dump.rdb").unlink(missing_ok=True)
         links_up(topology)
         mrc.reset()
 
 
-def restart(server: RedisServer, topology: Any) -> None:
-    server.start()
-    (server.workdir / "dump.rdb").unlink()  # Later restarts of the session start empty.
-    links_up(topology)
-    replicated()
+@pytest.fixture
+def killed_master(topology: Any, nodes: None) -> Iterator[Callable[[], None]]:
+    with master_down(topology) as restart:
+        yield restart
 
 
 @pytest.mark.parametrize("mode", ["delete", "set"])
@@ -500,9 +510,7 @@ def test_master_killed_and_restarted(settings: Any, tmp_path: Path, topology: An
     node1, node2, plain = caches["node1"], caches["node2"], caches["plain"]
     node1.set_many({"kept": "old", "doomed": "old", "contested": "old", "counter": 1})
     replicated()
-    raw("default").save()
-    topology.redis_master.kill()
-    try:
+    with master_down(topology) as restart:
         # The outage: no exception reaches the caller; reads go on from the replicas.
         caplog.set_level(logging.ERROR, logger="distinct_counter")
         assert node1.delete("doomed") is True
@@ -510,7 +518,7 @@ def test_master_killed_and_restarted(settings: Any, tmp_path: Path, topology: An
         assert node1.incr("counter") == 2
         plain.delete_many(["kept-by-plain"])
         node2.set("new-on-node2", "x")
-        assert node2.add("new-on-node2-added", "y") is True
+        assert node2.add("added-on-node2", "y") is True
         assert (len(node1.journal), len(node2.journal), len(plain.journal)) == (3, 2, 1)
         assert node1.get("doomed") is None and node1.get("contested") == "mine"
         assert node2.get("doomed") == "old" and node2.get("contested") == "old"
@@ -518,7 +526,7 @@ def test_master_killed_and_restarted(settings: Any, tmp_path: Path, topology: An
         assert [r.getMessage().split(":")[0] for r in caplog.records] == [
             "Cache master 'default' failed"]
 
-        restart(topology.redis_master, topology)
+        restart()
         assert everywhere("doomed") == ["old"] * 3  # the master came back with its data
         # Node 2 writes a newer value; its first write after RETRY_INTERVAL replays its own
         # journal first, automatically.
@@ -528,23 +536,46 @@ def test_master_killed_and_restarted(settings: Any, tmp_path: Path, topology: An
         out = StringIO()
         call_command("replay_cache_journal", stdout=out)
         assert out.getvalue().splitlines() == [
-            f"node1: 3 replayed, 0 left (cache 'local1')",
+            "node1: 3 replayed, 0 left (cache 'local1')",
             "node2: 0 replayed, 0 left (cache 'local2')",
             f"plain: 1 replayed, 0 left (file {str(tmp_path / 'journal')!r})",
         ]
-        assert everywhere("doomed") == ["<missing>"] * 3  # the delete held
-        assert everywhere("counter") == ["<missing>"] * 3  # an unknowable count: a miss
-        assert everywhere("kept") == ["old"] * 3
-        # Never node 1's older "mine" over node 2's "newer": a miss is the safe answer.
-        assert everywhere("contested") == ["<missing>"] * 3
-        expected = ["x"] * 3 if mode == "set" else ["<missing>"] * 3
-        assert everywhere("new-on-node2") == expected
-    finally:
-        if not topology.redis_master.is_running():
-            topology.redis_master.start()
-        (topology.redis_master.workdir / "dump.rdb").unlink(missing_ok=True)
-        links_up(topology)
-        mrc.reset()
+    assert everywhere("doomed") == ["<missing>"] * 3  # the delete held
+    assert everywhere("counter") == ["<missing>"] * 3  # an unknowable count: a miss
+    assert everywhere("kept") == ["old"] * 3
+    # Never node 1's older "mine" over node 2's "newer": a miss is the safe answer.
+    assert everywhere("contested") == ["<missing>"] * 3
+    # REPLAY="set" restores a value only where the master holds none.
+    restored = ["x"] * 3 if mode == "set" else ["<missing>"] * 3
+    assert everywhere("new-on-node2") == restored
+    restored = ["y"] * 3 if mode == "set" else ["<missing>"] * 3
+    assert everywhere("added-on-node2") == restored
+
+
+def test_the_command_replays_a_file_journal_from_another_process(
+    topology: Any, nodes: None, tmp_path: Path
+) -> None:
+    plain = caches["plain"]
+    plain.set("k", "old")
+    replicated()
+    with master_down(topology) as restart:
+        assert plain.delete("k") is True
+        restart()
+    assert everywhere("k") == ["old"] * 3
+    (tmp_path / "node_settings.py").write_text(
+        "from tests.settings import *  # noqa: F403\n"
+        f"CACHES = {django_settings.CACHES!r}\n")
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "replay_cache_journal", "plain",
+         "--settings=node_settings"],
+        cwd=repo, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{repo}"},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"plain: 1 replayed, 0 left (file {str(tmp_path / 'journal')!r})\n"
+    assert everywhere("k") == ["<missing>"] * 3
+    assert len(plain.journal) == 0
 
 
 def test_replica_killed_its_node_reads_from_the_master(topology: Any, nodes: None) -> None:
@@ -574,7 +605,7 @@ def test_replica_killed_its_node_reads_from_the_master(topology: Any, nodes: Non
 
 
 def test_master_and_replica_down_reads_miss_and_writes_journal(topology: Any,
-                                                               killed_master: RedisServer) -> None:
+                                                               killed_master: Callable[[], None]) -> None:
     plain = caches["plain"]
     server = topology.redis_replicas[0]
     server.kill()
@@ -592,7 +623,7 @@ def test_master_and_replica_down_reads_miss_and_writes_journal(topology: Any,
 
 
 def test_a_journal_file_others_can_write_is_refused(
-    topology: Any, killed_master: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    topology: Any, killed_master: Callable[[], None], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     journal = tmp_path / "journal"
     journal.write_bytes(b"")
@@ -632,15 +663,11 @@ def test_master_killed_a_save_commits_and_the_counter_is_stale(
                                  "WRITE_CACHE": "default"}
     call_command("rebuild_counts", "testapp.Message", verbosity=0)
     replicated()
-    topology.redis_master.kill()
-    try:
+    with master_down(topology):
         Message.objects.create(username="ann", city="Paris")
         assert Message.objects.filter(username="ann").exists()
         assert DistinctCount.read("city", Message) == CountResult(
             distinct_in_db(Message, "city"), "database", "stale")
-    finally:
-        topology.redis_master.start()
-        links_up(topology)
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -683,7 +710,7 @@ def test_cache_status(nodes: None) -> None:
     assert lines[5] == "  journal: 0 writes waiting (cache 'local1')"
 
 
-def test_cache_status_with_the_master_down(nodes: None, killed_master: RedisServer) -> None:
+def test_cache_status_with_the_master_down(nodes: None, killed_master: Callable[[], None]) -> None:
     caches["node1"].delete("k")
     status = mrc.cache_status("node1")
     assert status["master"]["up"] is False and "Connection" in status["master"]["error"]
