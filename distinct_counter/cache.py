@@ -598,6 +598,9 @@ def node(alias: str) -> MasterReplicaCache:
 
 @dataclass
 class ReplayResult:
+    """What :func:`replay_journal` did: writes ``replayed`` and ``left`` in the journal at
+    ``location``."""
+
     alias: str
     replayed: int
     left: int

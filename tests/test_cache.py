@@ -604,8 +604,9 @@ def test_replica_killed_its_node_reads_from_the_master(topology: Any, nodes: Non
     assert hits("replica1") == before + 1
 
 
-def test_master_and_replica_down_reads_miss_and_writes_journal(topology: Any,
-                                                               killed_master: Callable[[], None]) -> None:
+def test_master_and_replica_down_reads_miss_and_writes_journal(
+    topology: Any, killed_master: Callable[[], None]
+) -> None:
     plain = caches["plain"]
     server = topology.redis_replicas[0]
     server.kill()
@@ -623,7 +624,7 @@ def test_master_and_replica_down_reads_miss_and_writes_journal(topology: Any,
 
 
 def test_a_journal_file_others_can_write_is_refused(
-    topology: Any, killed_master: Callable[[], None], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    killed_master: Callable[[], None], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     journal = tmp_path / "journal"
     journal.write_bytes(b"")
@@ -643,8 +644,13 @@ def test_a_journal_file_others_can_write_is_refused(
 def test_a_save_on_node1_is_counted_on_node2(settings: Any, nodes: None) -> None:
     settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "CACHE": "node1",
                                  "WRITE_CACHE": "default"}
-    assert get_client("node1", write=False).connection_pool.connection_kwargs["port"] == \
-        raw("replica1").connection_pool.connection_kwargs["port"]
+    def port(client: redis.Redis) -> int:
+        return int(client.connection_pool.connection_kwargs["port"])
+
+    # A MasterReplicaCache's raw clients: its REPLICA's for reads, its MASTER's for writes.
+    assert port(get_client("node1", write=False)) == port(raw("replica1"))
+    assert port(get_client("node2", write=False)) == port(raw("replica2"))
+    assert port(get_client("node2", write=True)) == port(raw("default"))
     call_command("rebuild_counts", "testapp.Message", verbosity=0)
     Message.objects.create(username="ann", city="Paris")
     Message.objects.create(username="bob", city="Lyon")
