@@ -18,8 +18,8 @@ import signal
 import socket
 import subprocess
 import tempfile
-import warnings
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
