@@ -69,8 +69,12 @@ def _make_client(alias: str, write: bool) -> redis.Redis:
     if kwargs.get("socket_connect_timeout") in (None, 5):
         kwargs["socket_connect_timeout"] = conf.SOCKET_CONNECT_TIMEOUT
     # One quick retry survives a pooled connection that a Redis restart closed; more would
-    # only multiply the wait while Redis is really down.
-    kwargs["retry"] = Retry(NoBackoff(), 1)
+    # only multiply the wait while Redis is really down. Never after a timeout: the command
+    # may have run (a slow server, not a dead one), and running a counter's increments twice
+    # would count them twice, silently. A failure only marks the counter stale.
+    kwargs["retry"] = Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
+    kwargs["retry_on_timeout"] = False
+    kwargs.pop("retry_on_error", None)
     new_pool = redis.ConnectionPool(
         connection_class=pool.connection_class, max_connections=pool.max_connections, **kwargs
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import connections, models, transaction
@@ -93,14 +94,54 @@ def _tracked(sender: type[models.Model], update_fields: Any) -> tuple[Counter, .
     return counters
 
 
-def locked_values(model: type[models.Model], using: str, pk: Any,
-                  counters: tuple[Counter, ...]) -> tuple[Any, ...] | None:
-    """The row's current values of ``counters``, locked until the transaction ends."""
-    qs = model._base_manager.using(using).filter(pk=pk)
-    if connections[using].in_atomic_block:
-        qs = qs.select_for_update()
-    rows = list(qs.values_list(*(c.attname for c in counters))[:1])
-    return rows[0] if rows else None
+def locked_rows(model: type[models.Model], using: str, pks: Iterable[Any],
+                counters: tuple[Counter, ...]) -> dict[Any, tuple[Any, ...]]:
+    """The current values of ``counters`` in the rows ``pks``, locked until the transaction
+    ends (``SELECT ... FOR UPDATE``). A pk with no row gets no entry.
+
+    On PostgreSQL the absence of a row is locked too, with a transaction-level advisory lock
+    on (table, pk) that every insert of an explicit pk takes the same way (a ``save()`` of an
+    instance whose row was deleted re-inserts it): without it, the UPDATE or DELETE that
+    follows could meet a row that another transaction inserted meanwhile, whose values no
+    delta accounts for. Rows that appeared while the lock was awaited are read again. This
+    costs a query only when a row is missing, which is rare.
+    """
+    pks = list(dict.fromkeys(pks))
+    if not pks:
+        return {}
+    conn = connections[using]
+    locking = conn.in_atomic_block
+    attnames = [c.attname for c in counters]
+
+    def read(keys: list[Any]) -> dict[Any, tuple[Any, ...]]:
+        found: dict[Any, tuple[Any, ...]] = {}
+        for start in range(0, len(keys), 1000):
+            qs = model._base_manager.using(using).filter(pk__in=keys[start:start + 1000])
+            if locking:
+                qs = qs.select_for_update()
+            found.update((r[0], r[1:]) for r in qs.order_by("pk").values_list("pk", *attnames))
+        return found
+
+    rows = read(pks)
+    missing = [pk for pk in pks if pk not in rows]
+    if missing and locking and lock_absent(model, using, missing):
+        rows.update(read(missing))
+    return rows
+
+
+def lock_absent(model: type[models.Model], using: str, pks: list[Any]) -> bool:
+    """Take the advisory locks of ``pks`` of ``model``'s table (PostgreSQL only, inside a
+    transaction; False elsewhere). In a sorted order, so two transactions locking
+    overlapping sets cannot deadlock on them."""
+    conn = connections[using]
+    if conn.vendor != "postgresql" or not pks:
+        return False
+    table = model._meta.db_table
+    keys = sorted(f"{table}:{pk}" for pk in pks)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) "
+                    "FROM (SELECT k FROM unnest(%s::text[]) AS k ORDER BY k) AS keys", [keys])
+    return True
 
 
 def deltas_between(counters: tuple[Counter, ...], old: tuple[Any, ...] | None,
@@ -128,7 +169,7 @@ def handle_pre_save(sender: type[models.Model], instance: models.Model, using: s
     ensure_available(sender)
     old = None
     if instance.pk is not None and not (instance._state.adding and sender._meta.pk.has_default()):
-        old = locked_values(sender, using, instance.pk, counters)
+        old = locked_rows(sender, using, [instance.pk], counters).get(instance.pk)
     instance.__dict__[_OLD] = (counters, old)
 
 
@@ -150,8 +191,10 @@ def handle_pre_delete(sender: type[models.Model], instance: models.Model, using:
     ensure_available(sender)
     prefetched = prefetched_deletes.get()
     key = (sender, instance.pk)
-    old = prefetched[key] if key in prefetched else locked_values(sender, using, instance.pk,
-                                                                  counters)
+    if key in prefetched:
+        old = prefetched[key]
+    else:
+        old = locked_rows(sender, using, [instance.pk], counters).get(instance.pk)
     instance.__dict__[_OLD] = (counters, old)
 
 

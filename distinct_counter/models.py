@@ -13,6 +13,8 @@ from django.utils import timezone
 from distinct_counter.counting import Deltas, ensure_available
 from distinct_counter.handlers import (
     deltas_between,
+    lock_absent,
+    locked_rows,
     on_commit_stale,
     prefetched_deletes,
     record,
@@ -51,11 +53,14 @@ class CountedQuerySet(models.QuerySet):  # type: ignore[type-arg]
     def bulk_create(self, objs: Iterable[models.Model], *args: Any,
                     **kwargs: Any) -> list[models.Model]:
         counters = counters_of(self.model)
-        if counters:
-            ensure_available(self.model)
-        created = super().bulk_create(objs, *args, **kwargs)
         if not counters:
-            return created
+            return super().bulk_create(objs, *args, **kwargs)  # type: ignore[no-any-return]
+        ensure_available(self.model)
+        objs = list(objs)
+        with transaction.atomic(using=self.db, savepoint=False):
+            # Explicit pks take the locks that deletes and updates of missing rows wait on.
+            lock_absent(self.model, self.db, [o.pk for o in objs if o.pk is not None])
+            created = super().bulk_create(objs, *args, **kwargs)
         if kwargs.get("ignore_conflicts") or kwargs.get("update_conflicts"):
             # Which rows were inserted, and which replaced, is not known here.
             on_commit_stale(self.db, list(counters), "bulk_create() with conflicts handling")
@@ -77,13 +82,7 @@ class CountedQuerySet(models.QuerySet):  # type: ignore[type-arg]
         attnames = [c.attname for c in counters]
         deltas: Deltas = {}
         with transaction.atomic(using=self.db, savepoint=False):
-            old: dict[Any, tuple[Any, ...]] = {}
-            pks = [obj.pk for obj in objs]
-            for start in range(0, len(pks), 1000):
-                rows = (self.model._base_manager.using(self.db)
-                        .filter(pk__in=pks[start:start + 1000]).select_for_update()
-                        .order_by("pk").values_list("pk", *attnames))
-                old.update((row[0], row[1:]) for row in rows)
+            old = locked_rows(self.model, self.db, [obj.pk for obj in objs], counters)
             bypass = self._chain()
             bypass._bypass = True  # its internal update() must not count a second time
             updated = int(models.QuerySet.bulk_update(bypass, objs, fields, batch_size=batch_size))

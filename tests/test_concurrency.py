@@ -15,6 +15,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
+from django.db.models.signals import pre_delete, pre_save
 
 from distinct_counter.counting import rebuild
 from distinct_counter.registry import resolve
@@ -147,3 +148,75 @@ def test_two_rebuilds_of_one_counter_do_not_run_at_once(settings: Any) -> None:
         thread.join(60)
     assert not errors
     assert_counters_equal_database(("city",))
+
+
+# -- a row re-inserted while another transaction found it missing ------------------------------
+
+
+def _waiting_on_advisory_lock() -> bool:
+    with connections["default"].cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        return bool(cur.fetchone()[0])
+
+
+@pytest.mark.parametrize("second", ["delete", "save"])
+def test_a_deleted_row_saved_again_while_another_writer_finds_it_missing(second: str) -> None:
+    """``save()`` of an instance whose row was deleted re-inserts it (UPDATE, then INSERT).
+    Another writer that found the row missing (its lock read nothing) must not then delete or
+    update the re-inserted row without counting it: the absence is locked too."""
+    call_command("rebuild_counts", "testapp.Message", verbosity=0)
+    row = Message.objects.create(username="ann", city="Paris")
+    resurrecting, other = Message.objects.get(pk=row.pk), Message.objects.get(pk=row.pk)
+    row.delete()
+    paused, resume = threading.Event(), threading.Event()
+    signal = pre_delete if second == "delete" else pre_save
+    main = threading.get_ident()
+
+    def pause(sender: Any, **kwargs: Any) -> None:
+        # Runs after the counting handler (connected first) has read the row as missing,
+        # and before the DELETE or UPDATE statement.
+        if threading.get_ident() != main:
+            paused.set()
+            resume.wait(30)
+
+    def run(fn: Any) -> threading.Thread:
+        def target() -> None:
+            try:
+                fn()
+            finally:
+                connections.close_all()
+        thread = threading.Thread(target=target)
+        thread.start()
+        return thread
+
+    def second_writer() -> None:
+        if second == "delete":
+            other.delete()
+        else:
+            other.username = "cid"
+            other.save()
+
+    def resurrect() -> None:
+        resurrecting.username = "bob"
+        resurrecting.save()
+
+    signal.connect(pause, sender=Message, dispatch_uid="test-pause")
+    try:
+        first = run(second_writer)
+        assert paused.wait(30)
+        signal.disconnect(sender=Message, dispatch_uid="test-pause")
+        again = run(resurrect)
+        # The re-insert either completes (nothing locked the absence) or waits for the
+        # second writer's advisory lock.
+        deadline = time.monotonic() + 30
+        while again.is_alive() and not _waiting_on_advisory_lock():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        resume.set()
+        first.join(30)
+        again.join(30)
+    finally:
+        resume.set()
+        signal.disconnect(sender=Message, dispatch_uid="test-pause")
+    assert not first.is_alive() and not again.is_alive()
+    assert_counters_equal_database()
