@@ -17,15 +17,20 @@ def mirror_replicas(databases: dict[str, dict[str, Any]], replicas: Iterable[str
 
         DATABASES = mirror_replicas(DATABASES, DISTINCT_COUNTER["REPLICAS"])
 
-    Django's test runner then creates no test database for the replicas: their aliases
-    connect to the primary's test database, and ``TestCase`` shares the primary's
-    connection with them, so reads routed to a "replica" see the test's uncommitted rows.
+    Django's test runner then creates no test database for the replicas (it could not: a
+    replica is read-only) and points their aliases at the primary's test database, through
+    connections of their own. What the router does with them:
+
+    * ``TestCase`` wraps each test in a transaction on the primary, so the router sends every
+      read to the primary (a transaction is open there): the replicas are never read.
+    * ``TransactionTestCase`` (pytest-django ``transaction=True``): reads go to the mirror,
+      which sees every committed row at once, like a replica with no lag.
 
     Limits: a mirror is the primary itself, so replication lag, a replica that is down and
     the lag check (a mirror is not in recovery: its lag is 0) are never exercised, and a
     missing read-your-writes guard (a read that should have gone to the primary) goes
-    unnoticed. Test those against a real replica. Tests must still list the replica aliases
-    in ``databases`` for queries to be allowed on them.
+    unnoticed. Test those against a real streaming replica. Tests must list the replica
+    aliases in ``databases`` too, or Django refuses the queries routed to them.
     """
     result = copy.deepcopy(databases)
     for alias in replicas:
