@@ -209,9 +209,9 @@ def replica_states() -> dict[str, dict[str, Any]]:
 
 def _replicas() -> list[str]:
     replicas = conf.REPLICAS or []
-    if isinstance(replicas, str):  # A misconfiguration (check E010); still route sanely.
-        replicas = [replicas]
-    return [a for a in replicas if isinstance(a, str) and a != conf.PRIMARY]
+    if not isinstance(replicas, (list, tuple)):  # Check E010; still route, to the primary.
+        return []
+    return [a for a in replicas if isinstance(a, str) and a and a != conf.PRIMARY]
 
 
 def _may_block() -> bool:
