@@ -457,8 +457,10 @@ def test_threads_each_keep_their_own_pin() -> None:
 
 
 def test_mirror_replicas() -> None:
-    databases = {"default": {"NAME": "app"}, "r1": {"NAME": "app", "TEST": {"NAME": "x"}},
-                 "r2": {"NAME": "app"}}
+    databases: dict[str, dict[str, Any]] = {
+        "default": {"NAME": "app"}, "r1": {"NAME": "app", "TEST": {"NAME": "x"}},
+        "r2": {"NAME": "app"},
+    }
     mirrored = mirror_replicas(databases, ["r1", "r2"])
     assert mirrored["r1"]["TEST"] == {"NAME": "x", "MIRROR": "default"}
     assert mirrored["r2"]["TEST"] == {"MIRROR": "default"}
