@@ -44,6 +44,8 @@ pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "repl
 
 ROUTER = "distinct_counter.routers.PrimaryReplicaRouter"
 MIDDLEWARE = "distinct_counter.middleware.PinPrimaryMiddleware"
+#: Seconds to wait for the servers (replay, restarts): generous, the machine may be loaded.
+TIMEOUT = 30.0
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +80,7 @@ def _replica_sql(sql: str, params: list[Any] | None = None) -> Any:
         return cur.fetchone()[0]
 
 
-def wait_for_replay(timeout: float = 30.0) -> None:
+def wait_for_replay(timeout: float = TIMEOUT) -> None:
     lsn = _primary_lsn()
     wait_until(lambda: _replica_sql("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn]),
                timeout)
@@ -90,7 +92,8 @@ def replay_paused() -> Iterator[None]:
     wait_for_replay()
     _replica_sql("SELECT pg_wal_replay_pause()")
     try:
-        wait_until(lambda: _replica_sql("SELECT pg_get_wal_replay_pause_state()") == "paused")
+        wait_until(lambda: _replica_sql("SELECT pg_get_wal_replay_pause_state()") == "paused",
+                   TIMEOUT)
         yield
     finally:
         _replica_sql("SELECT pg_wal_replay_resume()")
@@ -138,7 +141,7 @@ def test_unpinned_read_hits_the_replica_pinned_read_sees_the_write() -> None:
         with routing_scope(pinned=True):
             assert exists("fresh")
     with routing_scope():
-        wait_until(lambda: exists("fresh"))  # resumed: the replica caught up
+        wait_until(lambda: exists("fresh"), TIMEOUT)  # resumed: the replica caught up
         assert reads() == "replica"
 
 
@@ -272,16 +275,16 @@ def test_lagging_replica_is_skipped(settings: Any) -> None:
     with routing_scope():
         # Caught up (an earlier test's last write may still be replaying, and looks old).
         wait_for_replay()
-        wait_until(lambda: reads() == "replica")
+        wait_until(lambda: reads() == "replica", TIMEOUT)
         with replay_paused():
             with routing_scope():
                 Message.objects.create(username="behind")
             # The replica received the write but does not replay it: it falls behind.
-            wait_until(lambda: reads() == "default")
+            wait_until(lambda: reads() == "default", TIMEOUT)
             state = replica_states()["replica"]
             assert state["lagging"] and state["lag"] > 0.5
             assert exists("behind")
-        wait_until(lambda: reads() == "replica")
+        wait_until(lambda: reads() == "replica", TIMEOUT)
         state = replica_states()["replica"]
         assert not state["down"] and not state["lagging"] and state["lag"] <= 0.5
 
