@@ -46,6 +46,7 @@ from distinct_counter.conf import conf
 
 __all__ = [
     "PrimaryReplicaRouter",
+    "Scope",
     "mark_written",
     "replica_states",
     "reset",
