@@ -20,6 +20,18 @@
 ``distinct_counter.E027``  its ``OPTIONS`` has an unknown key
 ``distinct_counter.E028``  its MASTER or REPLICA hides failures (``IGNORE_EXCEPTIONS``)
 ``distinct_counter.E029``  the directory of its ``JOURNAL_FILE`` does not exist
+``distinct_counter.E010``  ``REPLICAS`` is not a list of database aliases
+``distinct_counter.E011``  ``PRIMARY`` is not a database alias (a non-empty string)
+``distinct_counter.E012``  a replica is the primary, or is listed twice
+``distinct_counter.E013``  ``PIN_SECONDS``, ``REPLICA_RETRY_SECONDS`` or ``LAG_CHECK_SECONDS``
+                           is not a positive number
+``distinct_counter.E014``  ``MAX_REPLICA_LAG`` is neither None nor a positive number
+``distinct_counter.E015``  ``PIN_COOKIE_SAMESITE`` is not "Lax", "Strict", "None" or None
+``distinct_counter.E016``  ``PIN_COOKIE_SAMESITE`` is "None" but ``PIN_COOKIE_SECURE`` is off
+``distinct_counter.E017``  ``PIN_COOKIE`` is not a valid cookie name
+``distinct_counter.E018``  ``MAX_REPLICA_LAG`` is set but a replica is not PostgreSQL
+``distinct_counter.E019``  replicas or the pin middleware are configured, but no
+                           ``PrimaryReplicaRouter`` is in ``DATABASE_ROUTERS``
 =====================  =====================================================================
 """
 
@@ -42,6 +54,7 @@ def register() -> None:
     checks.register(check_settings, "distinct_counter")
     checks.register(check_master_replica_caches, checks.Tags.caches)
     checks.register(check_models, checks.Tags.models)
+    checks.register(check_router, "distinct_counter")
 
 
 def _is_redis_backend(path: str) -> bool:
@@ -256,4 +269,102 @@ def check_model(model: type[models.Model]) -> list[checks.CheckMessage]:
                  "CountedManager or MyQuerySet(CountedQuerySet).as_manager().",
             obj=model, id="distinct_counter.W002",
         ))
+    return errors
+
+
+# --- Primary/replica database router (E010-E019) --------------------------------------------
+
+ROUTER = "distinct_counter.routers.PrimaryReplicaRouter"
+PIN_MIDDLEWARE = "distinct_counter.middleware.PinPrimaryMiddleware"
+SAMESITE_CHOICES = ("lax", "strict", "none")
+# RFC 6265 cookie-name: an RFC 2616 token.
+_COOKIE_NAME = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+
+
+def _is_positive_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
+
+
+def _router_installed() -> bool:
+    for entry in getattr(settings, "DATABASE_ROUTERS", ()):
+        if entry == ROUTER:
+            return True
+        try:
+            router = import_string(entry) if isinstance(entry, str) else entry
+            if not isinstance(router, type):
+                router = type(router)
+            if issubclass(router, import_string(ROUTER)):
+                return True
+        except ImportError:
+            continue
+    return False
+
+
+def check_router(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The checks of the router's settings (``PRIMARY``, ``REPLICAS``, ``PIN_*``...).
+
+    Aliases missing from ``DATABASES`` are ``distinct_counter.E006``. A router installed
+    without replicas is fine: every read goes to the primary.
+    """
+    import re
+
+    def error(msg: str, hint: str, n: int) -> None:
+        errors.append(checks.Error(msg, hint=hint, id=f"distinct_counter.E0{n}"))
+
+    errors: list[checks.CheckMessage] = []
+    primary, replicas = conf.PRIMARY, conf.REPLICAS
+    if not isinstance(primary, str) or not primary:
+        error(f"DISTINCT_COUNTER['PRIMARY'] is {primary!r}.",
+              "Use the alias in DATABASES of the primary database, e.g. 'default'.", 11)
+    if replicas is None:
+        replicas = []
+    if not isinstance(replicas, (list, tuple)) or not all(
+            isinstance(a, str) and a for a in replicas):
+        error(f"DISTINCT_COUNTER['REPLICAS'] is {replicas!r}, not a list of database aliases.",
+              'For example: "REPLICAS": ["replica1", "replica2"] (aliases in DATABASES); '
+              "[] for none.", 10)
+        replicas = []
+    seen: set[str] = set()
+    for alias in replicas:
+        if alias == primary or alias in seen:
+            error(f"DISTINCT_COUNTER['REPLICAS'] lists {alias!r} "
+                  + ("which is the PRIMARY." if alias == primary else "twice."),
+                  "List each replica once, and not the primary: reads already fall back to "
+                  "the primary when no replica is usable.", 12)
+        seen.add(alias)
+    for key in ("PIN_SECONDS", "REPLICA_RETRY_SECONDS", "LAG_CHECK_SECONDS"):
+        value = getattr(conf, key)
+        if not _is_positive_number(value):
+            error(f"DISTINCT_COUNTER[{key!r}] is {value!r}.", "Use a positive number of seconds.",
+                  13)
+    max_lag = conf.MAX_REPLICA_LAG
+    if max_lag is not None and not _is_positive_number(max_lag):
+        error(f"DISTINCT_COUNTER['MAX_REPLICA_LAG'] is {max_lag!r}.",
+              "Use a positive number of seconds, or None to ignore replication lag.", 14)
+    samesite = conf.PIN_COOKIE_SAMESITE
+    if samesite not in (None, False) and (
+            not isinstance(samesite, str) or samesite.lower() not in SAMESITE_CHOICES):
+        error(f"DISTINCT_COUNTER['PIN_COOKIE_SAMESITE'] is {samesite!r}.",
+              "Use 'Lax', 'Strict', 'None', or None to send no SameSite attribute.", 15)
+    elif isinstance(samesite, str) and samesite.lower() == "none" and not conf.PIN_COOKIE_SECURE:
+        error("DISTINCT_COUNTER['PIN_COOKIE_SAMESITE'] is 'None' but PIN_COOKIE_SECURE is "
+              "off: browsers reject such a cookie, so clients would never be pinned.",
+              "Set PIN_COOKIE_SECURE to True (HTTPS), or use 'Lax'.", 16)
+    name = conf.PIN_COOKIE
+    if not isinstance(name, str) or not re.fullmatch(_COOKIE_NAME, name):
+        error(f"DISTINCT_COUNTER['PIN_COOKIE'] is {name!r}, not a valid cookie name.",
+              "Use letters, digits and - _ . only, e.g. 'distinct_counter_pin'.", 17)
+    if max_lag is not None:
+        for alias in replicas:
+            engine = settings.DATABASES.get(alias, {}).get("ENGINE", "")
+            if alias in settings.DATABASES and "postgres" not in engine:
+                error(f"DISTINCT_COUNTER['MAX_REPLICA_LAG'] is set but the replica {alias!r} "
+                      f"is not PostgreSQL ({engine}): its lag cannot be measured.",
+                      "Set MAX_REPLICA_LAG to None, or use PostgreSQL streaming replicas.", 18)
+    uses_pin = PIN_MIDDLEWARE in (getattr(settings, "MIDDLEWARE", None) or ())
+    if (replicas or uses_pin) and not _router_installed():
+        error(("DISTINCT_COUNTER['REPLICAS'] is set" if replicas else f"{PIN_MIDDLEWARE} is "
+               "in MIDDLEWARE") + " but DATABASE_ROUTERS has no PrimaryReplicaRouter, so no "
+              "read goes to a replica.",
+              f"Add {ROUTER!r} to DATABASE_ROUTERS.", 19)
     return errors

@@ -411,8 +411,10 @@ def rebuild(counter: Counter, using: str | None = None,
     :raises RebuildInProgress: another rebuild of this counter is running.
     """
     started = time.monotonic()
-    primary = router.db_for_write(counter.model)
+    # Read first: asking for the write alias counts as a write with a read-your-writes router
+    # (PrimaryReplicaRouter), which would send this read to the primary too.
     using = using or router.db_for_read(counter.model)
+    primary = router.db_for_write(counter.model)
     client = get_client(conf.write_cache)
     lock_key, token = counter.key("lock"), uuid.uuid4().hex
     ttl_ms = 600_000
@@ -580,7 +582,9 @@ def _wait_for_replay(using: str, primary: str, timeout: float = 60.0) -> None:
     if using == primary or connections[using].vendor != "postgresql":
         return
     with connections[primary].cursor() as cur:
-        cur.execute("SELECT pg_current_wal_lsn()::text")
+        # The insert position, not pg_current_wal_lsn() (the write position): with
+        # synchronous_commit off, a committed transaction may not be written out yet.
+        cur.execute("SELECT pg_current_wal_insert_lsn()::text")
         lsn = cur.fetchone()[0]
     deadline = time.monotonic() + timeout
     with connections[using].cursor() as cur:
