@@ -92,9 +92,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="distinct_counter.E002",
             ))
     databases = {"DATABASE": conf.DATABASE, "PRIMARY": conf.PRIMARY}
-    databases.update({f"REPLICAS[{i}]": a for i, a in enumerate(conf.REPLICAS or ())})
+    replicas = conf.REPLICAS
+    if isinstance(replicas, (list, tuple)):  # Anything else is distinct_counter.E010.
+        databases.update({f"REPLICAS[{i}]": a for i, a in enumerate(replicas)})
     for key, alias in databases.items():
-        if alias is not None and alias not in settings.DATABASES:
+        if alias is not None and (not isinstance(alias, str) or alias not in settings.DATABASES):
             errors.append(checks.Error(
                 f"DISTINCT_COUNTER[{key!r}] names the database {alias!r}, which is not in "
                 "DATABASES.",

@@ -48,6 +48,13 @@ def test_e010_replicas_not_a_list_of_aliases(routed: Any, value: Any) -> None:
     assert repr(value) in error.msg and '"REPLICAS": ["replica1"' in error.hint
 
 
+@pytest.mark.parametrize("value", [5, "replica"])
+def test_replicas_not_a_list_is_e010_alone(routed: Any, value: Any) -> None:
+    routed.DISTINCT_COUNTER = {"REPLICAS": value}
+    assert check_settings() == []  # no crash, no E006 per character
+    assert ids(check_router()) == ["distinct_counter.E010"]
+
+
 @pytest.mark.parametrize("value", [None, "", 0])
 def test_e011_primary_not_an_alias(routed: Any, value: Any) -> None:
     routed.DISTINCT_COUNTER = {"PRIMARY": value}
