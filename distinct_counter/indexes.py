@@ -121,7 +121,7 @@ def _plan(app_label: str, loader: MigrationLoader) -> tuple[list[MissingIndex], 
                          f"{app_label} first.")
             continue
         state_names = {i.name for i in state_model._meta.indexes}
-        for counter in counters_of(model):
+        for counter in counters_of(model):  # type: ignore[arg-type]
             name = counter.field.name
             label = f"{model._meta.label}.{name}"
             try:

@@ -506,3 +506,17 @@ def test_counted_indexes_app_without_migrations(indexapp_installed: None) -> Non
     with override_settings(MIGRATION_MODULES={"indexapp": None}), \
             pytest.raises(CommandError, match="has no migrations; run makemigrations indexapp"):
         counted_indexes("indexapp")
+
+
+def test_counted_indexes_leaves_pending_migrations_to_makemigrations(
+        fresh_migrations: Path) -> None:
+    """``country``'s db_index is in the model, not in the migrations: only a note."""
+    initial = fresh_migrations / "0001_initial.py"
+    initial.write_text(initial.read_text().replace(
+        "models.CharField(db_index=True, max_length=2)", "models.CharField(max_length=2)"))
+    out = counted_indexes("indexapp", "--dry-run")
+    assert out.splitlines()[0] == (
+        "indexapp.Visit.country: indexed in the model but not in the migrations; makemigrations "
+        "would add that index with a plain (write-locking) CREATE INDEX: declare it in "
+        "Meta.indexes instead and run counted_indexes again.")
+    assert [m.field for m in missing_indexes("indexapp")] == ["city", "referrer"]
