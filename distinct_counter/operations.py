@@ -57,7 +57,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from django.db import NotSupportedError, models
+from django.db import DatabaseError, NotSupportedError, models
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.operations import AddIndex, RemoveIndex
 from django.db.migrations.state import ProjectState
@@ -105,14 +105,22 @@ def _lifted_timeouts(schema_editor: BaseDatabaseSchemaEditor) -> Iterator[None]:
         for name in LIFTED_TIMEOUTS:
             cursor.execute(f"SHOW {name}")
             previous[name] = cursor.fetchone()[0]
+
+    def restore() -> None:
+        with schema_editor.connection.cursor() as cursor:
+            for name, value in previous.items():
+                cursor.execute("SELECT set_config(%s, %s, false)", [name, value])
+
     try:
         for name in LIFTED_TIMEOUTS:
             schema_editor.execute(f"SET {name} = 0")
         yield
-    finally:
-        with schema_editor.connection.cursor() as cursor:
-            for name, value in previous.items():
-                cursor.execute("SELECT set_config(%s, %s, false)", [name, value])
+    except BaseException:
+        # A session lost with the build cannot be restored; the build's error is the news.
+        with contextlib.suppress(DatabaseError):
+            restore()
+        raise
+    restore()
 
 
 def _index_state(schema_editor: BaseDatabaseSchemaEditor, table: str,

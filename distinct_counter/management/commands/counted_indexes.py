@@ -48,7 +48,7 @@ class Command(BaseCommand):
             if os.path.exists(migration.path):
                 raise CommandError(f"{migration.path} exists already.")
             migration.write()
-            run_formatters([migration.path], stderr=self.stderr)
+            run_formatters([migration.path])  # black, when installed, as makemigrations
             if verbosity >= 1:
                 self.stdout.write(f"Wrote {migration.path}")
         if verbosity >= 1:
