@@ -29,6 +29,7 @@ from django.db.migrations.writer import OperationWriter
 from django.db.utils import ConnectionHandler, OperationalError
 from django.test.utils import CaptureQueriesContext, override_settings
 
+from distinct_counter import registry
 from distinct_counter.indexes import index_migration, missing_indexes
 from distinct_counter.operations import CreateIndexConcurrently, DropIndexConcurrently
 from tests.conftest import wait_until
@@ -131,8 +132,12 @@ def table_locks(monitor: Any, pid: int) -> set[str]:
 
 @pytest.fixture
 def indexapp_installed() -> Iterator[None]:
-    with override_settings(INSTALLED_APPS=[*django_settings.INSTALLED_APPS, "tests.indexapp"]):
-        yield
+    try:
+        with override_settings(
+                INSTALLED_APPS=[*django_settings.INSTALLED_APPS, "tests.indexapp"]):
+            yield
+    finally:
+        registry.clear_cache()  # no counter of indexapp outlives its installation
 
 
 @pytest.fixture
