@@ -291,6 +291,21 @@ def test_an_invalid_index_left_by_a_cancelled_build_is_rebuilt(indexapp: None, h
     assert rebuilt[0] != invalid[0], "dropped and built anew"
 
 
+def test_the_name_taken_by_an_index_of_another_table_is_an_error(indexapp: None) -> None:
+    """IF NOT EXISTS would build nothing and report success: the operation says so."""
+    migrate("0001")
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE indexapp_other (x int)")
+        cursor.execute(f"CREATE INDEX {INDEX} ON indexapp_other (x)")
+    try:
+        with pytest.raises(NotSupportedError, match="belongs to another relation than "
+                                                    "indexapp_visit; rename the index"):
+            migrate("0002")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE indexapp_other")
+
+
 def test_a_migration_without_atomic_false_is_refused(indexapp: None) -> None:
     with override_settings(MIGRATION_MODULES={"indexapp": "tests.indexapp.migrations_atomic"}):
         with pytest.raises(NotSupportedError) as excinfo:
