@@ -46,6 +46,7 @@ from django.db import models
 from django.utils.module_loading import import_string
 
 from distinct_counter.conf import FALLBACK_CHOICES, ON_ERROR_CHOICES, conf
+from distinct_counter.indexes import has_index
 
 REDIS_BACKENDS = ("django_redis.cache.RedisCache", "distinct_counter.cache.MasterReplicaCache")
 
@@ -194,22 +195,6 @@ def check_master_replica_cache(alias: str) -> list[checks.CheckMessage]:
     return errors
 
 
-def _has_index(model: type[models.Model], field: models.Field[Any, Any]) -> bool:
-    if field.primary_key or field.unique or field.db_index:
-        return True
-    names = {field.name, field.attname}
-    meta = model._meta
-    for index in meta.indexes:
-        first = index.fields[0].lstrip("-") if index.fields else None
-        if first in names:
-            return True
-    for constraint in meta.constraints:
-        fields = getattr(constraint, "fields", ())
-        if isinstance(constraint, models.UniqueConstraint) and fields and fields[0] in names:
-            return True
-    return any(group and group[0] in names for group in meta.unique_together)
-
-
 def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     from distinct_counter.registry import counted_models
 
@@ -254,7 +239,7 @@ def check_model(model: type[models.Model]) -> list[checks.CheckMessage]:
                 obj=model, id="distinct_counter.E005",
             ))
             continue
-        if not _has_index(model, field):  # type: ignore[arg-type]
+        if not has_index(model, field):  # type: ignore[arg-type]
             errors.append(checks.Warning(
                 f"{model._meta.label}.{name} is counted but has no database index; "
                 "rebuilds and database fallbacks will scan the whole table.",
