@@ -61,6 +61,8 @@ def normalize(field: models.Field[Any, Any], value: Any) -> str | None:
     ``"1.10"``, as the database stores them; a model instance given for a ForeignKey becomes its
     primary key; datetimes become UTC.
     """
+    if value.__class__ is str and _text_as_is(field):
+        return value  # The common case, and the whole of a rebuild's per-value work: no copy.
     if isinstance(value, models.Model):
         value = value.pk
     if value is None:
@@ -87,6 +89,15 @@ def normalize(field: models.Field[Any, Any], value: Any) -> str | None:
     if isinstance(value, uuid.UUID):
         return str(value)
     return str(value)
+
+
+@functools.cache
+def _text_as_is(field: models.Field[Any, Any]) -> bool:
+    """Whether ``field`` stores a ``str`` as it is: a text column whose ``to_python`` is
+    Django's own (a subclass that overrides it, e.g. to change case, goes the long way)."""
+    target = field.target_field if field.is_relation else field  # type: ignore[attr-defined]
+    to_python = getattr(type(target).to_python, "__func__", type(target).to_python)
+    return to_python in (models.CharField.to_python, models.TextField.to_python)
 
 
 def counted_models() -> list[type[models.Model]]:
@@ -163,6 +174,7 @@ def _resolve_cached(field: str, model: str | None) -> Counter:
 
 
 def clear_cache() -> None:
+    _text_as_is.cache_clear()
     counters_of.cache_clear()
     all_counters.cache_clear()
     _resolve_cached.cache_clear()

@@ -402,3 +402,18 @@ def _null() -> Any:
     import io
 
     return io.StringIO()
+
+
+def test_a_text_field_that_converts_values_counts_them_converted() -> None:
+    from django.db import models
+
+    from distinct_counter.registry import normalize
+
+    class LowerField(models.CharField):
+        def to_python(self, value: Any) -> Any:
+            value = super().to_python(value)
+            return value.lower() if isinstance(value, str) else value
+
+    assert normalize(LowerField(max_length=5), "ABC") == "abc"
+    assert normalize(models.CharField(max_length=5), "ABC") == "ABC"
+    assert normalize(models.IntegerField(), "7") == "7"
