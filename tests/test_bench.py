@@ -19,8 +19,10 @@ pytestmark = pytest.mark.slow
 
 FIGURES = {
     "DistinctCount.get('username')", "DistinctCount.get('city')",
+    "DistinctCount.get('username') vs PING",
     "save(), one per transaction", "save(), 1000 in one transaction",
     "rebuild('username')", "rebuild('city')",
+    "rebuild('username'), REBUILD_GRACE 0", "rebuild('city'), REBUILD_GRACE 0",
     "Redis bytes per value ('username')", "Redis bytes per value ('city')",
     "rebuild peak memory, 10000 vs 2000 rows",
 }

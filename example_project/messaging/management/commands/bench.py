@@ -40,10 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import django
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection, transaction
 from django.db.models import Model
+from django.test.utils import override_settings
 
 from distinct_counter import DistinctCount
 from distinct_counter.conf import conf
@@ -252,6 +254,7 @@ def machine() -> dict[str, Any]:
     info = get_client(conf.CACHE).info("server")
     return {
         "nproc": os.cpu_count(), "memory": memory, "platform": platform.platform(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(), "django": django.get_version(),
         "postgresql": postgres, "redis": info.get("redis_version"),
     }
@@ -337,6 +340,7 @@ class Command(BaseCommand):
         counters = counters_of(Message)
         figures: list[Figure] = []
 
+        load_before = [round(x, 2) for x in os.getloadavg()]
         started = time.perf_counter()
         self.say(verbosity, f"Loading {rows} messages (COPY), then rebuilding the counters...")
         copy_messages(rows, seed=0)
@@ -357,6 +361,13 @@ class Command(BaseCommand):
             figures.append(figure(f"DistinctCount.get('{field}')", "s", redis_s, db_s, 10_000,
                                   higher_is_better=True,
                                   note=f"{got.count} distinct; baseline COUNT(DISTINCT {field})"))
+        client = get_client(conf.CACHE, write=False)
+        ping_s = median_time(client.ping, repeat=500, warmup=50)
+        get_s = median_time(lambda: DistinctCount.get(counters[0].field.name, Message),
+                            repeat=500, warmup=50)
+        figures.append(figure(f"DistinctCount.get('{counters[0].field.name}') vs PING", "s",
+                              get_s, ping_s, None,
+                              note="baseline: one bare Redis round trip (PING)"))
 
         self.say(verbosity, "save() of a counted Message against a PlainMessage...")
         per_round = max(50, min(500, rows // 20))
@@ -375,6 +386,12 @@ class Command(BaseCommand):
             query_s = median_time(lambda: group_by(field, batch), repeat=3)  # noqa: B023
             figures.append(figure(f"rebuild('{field}')", "s", rebuild_s, query_s, 2.0,
                                   note=f"includes REBUILD_GRACE {conf.REBUILD_GRACE}s"))
+            # The grace is a fixed wait for writes in flight; without writers, 0 shows the work.
+            with override_settings(DISTINCT_COUNTER={**settings.DISTINCT_COUNTER,
+                                                     "REBUILD_GRACE": 0.0}):
+                work_s = median_time(lambda: rebuild(counter), repeat=3)  # noqa: B023
+            figures.append(figure(f"rebuild('{field}'), REBUILD_GRACE 0", "s", work_s, query_s,
+                                  2.0, note="the same rebuild without its fixed wait"))
 
         self.say(verbosity, "Redis memory per distinct value...")
         for counter in counters:
@@ -394,7 +411,8 @@ class Command(BaseCommand):
             field = counter.field.name
             exact = exact and DistinctCount.get(field, Message) == count_distinct(field)
 
-        results = {"rows": rows, "repeat": repeat, "exact": exact, "machine": machine(),
+        results = {"rows": rows, "repeat": repeat, "exact": exact,
+                   "machine": {**machine(), "loadavg_before": load_before},
                    "settings": {"REBUILD_BATCH_SIZE": batch, "REBUILD_GRACE": conf.REBUILD_GRACE},
                    "figures": [f.as_dict() for f in figures]}
         if options["json"]:
@@ -409,14 +427,15 @@ class Command(BaseCommand):
         m = results["machine"]
         self.stdout.write(f"\n{results['rows']} rows; {m['nproc']} CPUs, {m['memory']}; Python "
                           f"{m['python']}, Django {m['django']}, PostgreSQL {m['postgresql']}, "
-                          f"Redis {m['redis']}; counts exact: {results['exact']}\n")
-        header = (f"{'figure':<44} {'measured':>12} {'baseline':>12} {'ratio':>10} "
+                          f"Redis {m['redis']}; load average {m['loadavg_before'][0]} before, "
+                          f"{m['loadavg'][0]} after; counts exact: {results['exact']}\n")
+        header = (f"{'figure':<46} {'measured':>12} {'baseline':>12} {'ratio':>10} "
                   f"{'target':>10}  result")
         self.stdout.write(header)
         self.stdout.write("-" * len(header))
         for f in figures:
             result = {True: "pass", False: "FAIL", None: "info"}[f.passed]
-            line = (f"{f.name:<44} {_fmt(f.measured, f.unit):>12} {_fmt(f.baseline, f.unit):>12} "
+            line = (f"{f.name:<46} {_fmt(f.measured, f.unit):>12} {_fmt(f.baseline, f.unit):>12} "
                     f"{f.ratio:>9.{_digits(f.ratio)}f}x {f.target_text():>10}  {result}")
             if f.passed is None:
                 self.stdout.write(line)
