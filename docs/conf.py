@@ -37,7 +37,8 @@ release = version = distinct_counter.__version__
 extensions = ["sphinx.ext.autodoc"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_default_options = {"members": True}
+# Django's docstrings of the overridden QuerySet methods would describe the uncounted ones.
+autodoc_inherit_docstrings = False
 # Django's lazy objects and forward references in annotations are not worth a warning each.
 nitpicky = False
 exclude_patterns = ["_build"]
