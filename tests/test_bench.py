@@ -1,0 +1,53 @@
+"""``manage.py bench`` of the example project, run as a user runs it: a subprocess on the
+example's embedded defaults, so it starts (and stops) its own PostgreSQL and Redis.
+
+Speed is not asserted (the machine is shared): only that every figure is measured."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_example import MANAGE, embedded_env
+
+pytestmark = pytest.mark.slow
+
+FIGURES = {
+    "DistinctCount.get('username')", "DistinctCount.get('city')",
+    "DistinctCount.get('username') vs PING",
+    "save(), one per transaction", "save(), 1000 in one transaction",
+    "rebuild('username')", "rebuild('city')",
+    "rebuild('username'), REBUILD_GRACE 0", "rebuild('city'), REBUILD_GRACE 0",
+    "Redis bytes per value ('username')", "Redis bytes per value ('city')",
+    "rebuild peak memory, 10000 vs 2000 rows",
+}
+
+
+def test_bench_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(MANAGE), "bench", "--rows", "2000", "--repeat", "2",
+         "--json", str(out)],
+        env=embedded_env(tmp_path / "data"), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["rows"] == 2000 and results["exact"] is True
+    figures = {f["name"]: f for f in results["figures"]}
+    assert set(figures) == FIGURES
+    for f in figures.values():
+        for key in ("measured", "baseline", "ratio"):
+            assert isinstance(f[key], (int, float)) and math.isfinite(f[key]) and f[key] > 0, f
+        assert f["passed"] in (True, False, None)
+        assert (f["passed"] is None) == (f["target"] is None), f
+    machine = results["machine"]
+    assert machine["postgresql"] and machine["redis"] and machine["nproc"] >= 1
+    # The same figures, as a table on stdout.
+    for name in FIGURES:
+        assert name in proc.stdout
+    assert "postgres" in proc.stdout.lower() or "PostgreSQL" in proc.stdout
