@@ -21,6 +21,7 @@ FIGURES = {
     "DistinctCount.get('username')", "DistinctCount.get('city')",
     "DistinctCount.get('username') vs PING",
     "save(), one per transaction", "save(), 1000 in one transaction",
+    "save() with Redis down vs up",
     "rebuild('username')", "rebuild('city')",
     "rebuild('username'), REBUILD_GRACE 0", "rebuild('city'), REBUILD_GRACE 0",
     "Redis bytes per value ('username')", "Redis bytes per value ('city')",
