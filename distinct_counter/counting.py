@@ -467,7 +467,10 @@ def rebuild(counter: Counter, using: str | None = None,
         # the longer of the two, not their sum. One batch in flight keeps memory flat.
         with ThreadPoolExecutor(1, thread_name_prefix="distinct_counter-rebuild") as writer:
             stored: Future[None] | None = None
+            scanned: float | None = None
             for batch in grouped_chunks(counter, using, chunk_size=batch_size):
+                if scanned is None:  # Rows arrived: the scan's snapshot was taken by now.
+                    scanned = _server_time(client)
                 if not batch:
                     continue
                 rows += sum(batch.values())
@@ -479,11 +482,14 @@ def rebuild(counter: Counter, using: str | None = None,
                     progress(counter, rows, values)
             if stored is not None:
                 stored.result()
+        if scanned is None:
+            scanned = _server_time(client)
         swapped = _as_seconds(run_script(
             client, SWAP, [tmp, counter.key("values"), counter.key("meta")], [time.time(), rows]))
         if progress:
             progress(counter, rows, values)
-        recounted, settled = _recount_journal(counter, client, primary, snapshot, swapped)
+        recounted, settled = _recount_journal(counter, client, primary, snapshot, scanned,
+                                              swapped)
         client.delete(journal_on, journal)
     finally:
         run_script(client, RELEASE, [lock_key], [token])
@@ -508,16 +514,18 @@ def _as_seconds(t: Any) -> float:
 
 
 def _recount_journal(counter: Counter, client: Any, primary: str,
-                     snapshot: float, swapped: float) -> tuple[int, bool]:
+                     snapshot: float, scanned: float, swapped: float) -> tuple[int, bool]:
     """Recount, from the primary, the values that writers touched since the rebuild began.
 
     A value's count is trustworthy once no write touched it from just before its count was
     read from the database until ``REBUILD_GRACE`` seconds after the count was stored: a
     write landing in that window may be one the read already saw (its transaction committed
     before the database took its snapshot, somewhere before the count was stored) or one it
-    missed. The scan is such a read for every value (from ``snapshot`` to the swap); each
-    recount is one for the values it reads. Values touched inside their window
-    are recounted again; values touched after it are left alone, so the recount ends even
+    missed. The scan is such a read for every value: it took its snapshot between
+    ``snapshot`` and ``scanned``, and a write it saw that lands after the swap lands before
+    ``scanned + REBUILD_GRACE`` (a scan longer than the grace needs no wait at all after the
+    swap); each recount is such a read for the values it reads. Values touched inside their
+    window are recounted again; values touched after it are left alone, so the recount ends even
     while writers keep writing, unless they touch some value more often than the grace.
     All times are the Redis server's, so writers and the rebuild share one clock. Returns
     the number of values recounted, and False if ``REBUILD_SETTLE`` seconds passed first.
@@ -525,7 +533,7 @@ def _recount_journal(counter: Counter, client: Any, primary: str,
     grace = float(conf.REBUILD_GRACE)
     give_up = time.monotonic() + float(conf.REBUILD_SETTLE)
     journal = counter.key("journal")
-    first_window = (snapshot, swapped + grace)
+    first_window = (snapshot, max(swapped, scanned + grace))
     windows: dict[str, tuple[float, float]] = {}
     last_end = first_window[1]
     recounted = 0

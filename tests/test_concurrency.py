@@ -96,6 +96,28 @@ def test_rebuilds_while_writers_keep_writing(tmp_path: Path, settings: Any) -> N
     call_command("rebuild_counts", "testapp.Message", check=True, stdout=StringIO())
 
 
+def test_a_scan_longer_than_the_grace_needs_no_wait_after_the_swap_and_stays_exact(
+        tmp_path: Path, settings: Any) -> None:
+    # The progress callback holds the rebuild after its scan began for longer than the
+    # grace: every write the scan saw has reached Redis before the swap, so the first
+    # window ends at the swap, while writers keep writing.
+    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "REBUILD_GRACE": 0.1,
+                                 "REBUILD_SETTLE": 5.0, "REBUILD_BATCH_SIZE": 20}
+    Message.objects.bulk_create(
+        [Message(username=f"user{i % 60}", city=f"city{i % 25}") for i in range(5000)])
+    stop = tmp_path / "stop"
+    procs = [spawn(300 + seed, 0, stop) for seed in range(3)]
+    try:
+        time.sleep(1.0)
+        for field in ("username", "city"):
+            rebuild(resolve(field, Message), "default",
+                    progress=lambda *args: time.sleep(0.05))
+    finally:
+        stop.touch()
+        finish(procs)
+    assert_counters_equal_database()
+
+
 def test_values_written_more_often_than_the_grace_settle_under_a_table_lock(
         tmp_path: Path, settings: Any, caplog: pytest.LogCaptureFixture) -> None:
     # Six values, two writers that never pause: some value is always inside its window.
