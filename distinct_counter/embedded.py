@@ -117,6 +117,9 @@ class PostgresServer:
     primary: PostgresServer | None = None
     proc_user: pwd.struct_passwd | None = field(default_factory=_pg_user)
     postgres: Path = field(default_factory=lambda: find_binary("postgres"))
+    #: False (tests, demos): commits do not wait for the disk (``fsync``, ``synchronous_commit``
+    #: and ``full_page_writes`` off). True: PostgreSQL's durable defaults, as in production.
+    durable: bool = False
 
     def _run(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
         kwargs: dict[str, object] = {}
@@ -157,11 +160,13 @@ class PostgresServer:
     def start(self, timeout: float = 60) -> PostgresServer:
         settings = {
             "port": str(self.port), "listen_addresses": "127.0.0.1",
-            "unix_socket_directories": "", "fsync": "off", "synchronous_commit": "off",
-            "full_page_writes": "off", "max_connections": "200", "hot_standby": "on",
+            "unix_socket_directories": "", "max_connections": "200", "hot_standby": "on",
             "wal_level": "replica", "max_wal_senders": "10",
             "hot_standby_feedback": "on", "wal_receiver_status_interval": "1",
         }
+        if not self.durable:
+            settings.update({"fsync": "off", "synchronous_commit": "off",
+                             "full_page_writes": "off"})
         # pg_ctl hands -o to a shell: '' is an empty value, i.e. no Unix socket at all.
         opts = " ".join(f"-c {k}={v or chr(39) * 2}" for k, v in settings.items())
         self._run(self._tool("pg_ctl"), "-D", self.datadir, "-l", self.datadir / "server.log",

@@ -252,12 +252,17 @@ def machine() -> dict[str, Any]:
     with connection.cursor() as cur:
         cur.execute("SHOW server_version")
         postgres = cur.fetchone()[0]
+        durability = {}
+        for name in ("fsync", "synchronous_commit"):
+            cur.execute(f"SHOW {name}")
+            durability[name] = cur.fetchone()[0]
     info = get_client(conf.CACHE).info("server")
     return {
         "nproc": os.cpu_count(), "memory": memory, "platform": platform.platform(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(), "django": django.get_version(),
-        "postgresql": postgres, "redis": info.get("redis_version"),
+        "postgresql": postgres, "postgresql_durability": durability,
+        "redis": info.get("redis_version"),
     }
 
 
@@ -299,9 +304,10 @@ class Command(BaseCommand):
                               f"PostgreSQL and Redis in {root}")
             self.stdout.flush()
         # One server of each: replicas would only add replication work to the measurements.
+        # PostgreSQL durable, as in production: a commit waits for its WAL on disk.
         postgres = redis = None
         try:
-            postgres = PostgresServer(root / "pg" / "data").init().start()
+            postgres = PostgresServer(root / "pg" / "data", durable=True).init().start()
             postgres.psql('CREATE DATABASE "bench"')
             redis = RedisServer(root / "redis").start()
             env = {k: v for k, v in os.environ.items() if k not in TOPOLOGY_VARS}
@@ -438,7 +444,8 @@ class Command(BaseCommand):
             return
         m = results["machine"]
         self.stdout.write(f"\n{results['rows']} rows; {m['nproc']} CPUs, {m['memory']}; Python "
-                          f"{m['python']}, Django {m['django']}, PostgreSQL {m['postgresql']}, "
+                          f"{m['python']}, Django {m['django']}, PostgreSQL {m['postgresql']} "
+                          f"({', '.join(f'{k} {v}' for k, v in m['postgresql_durability'].items())}), "
                           f"Redis {m['redis']}; load average {m['loadavg_before'][0]} before, "
                           f"{m['loadavg'][0]} after; counts exact: {results['exact']}\n")
         header = (f"{'figure':<46} {'measured':>12} {'baseline':>12} {'ratio':>10} "
