@@ -18,7 +18,6 @@ the full topology:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -58,13 +57,12 @@ DATABASES: dict[str, Any] = {
 DISTINCT_COUNTER: dict[str, Any] = {"CACHE": "default"}
 
 _replicas = [u for u in os.environ.get("REPLICA_URLS", "").split(",") if u]
-if _replicas and importlib.util.find_spec("distinct_counter.routers"):
+if _replicas:
     for _i, _url in enumerate(_replicas, 1):
         DATABASES[f"replica{_i}"] = {**dj_database_url.parse(_url), "TEST": {"MIRROR": "default"}}
     DATABASE_ROUTERS = ["distinct_counter.routers.PrimaryReplicaRouter"]
     DISTINCT_COUNTER["REPLICAS"] = [f"replica{_i}" for _i in range(1, len(_replicas) + 1)]
-    if importlib.util.find_spec("distinct_counter.middleware"):
-        MIDDLEWARE.append("distinct_counter.middleware.PinningMiddleware")
+    MIDDLEWARE.append("distinct_counter.middleware.PinPrimaryMiddleware")
 
 # -- caches ------------------------------------------------------------------------------------
 
