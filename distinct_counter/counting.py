@@ -375,8 +375,6 @@ def grouped_chunks(counter: Counter, using: str | models.QuerySet[Any], chunk_si
     chunks = compiler.execute_sql(
         MULTI, chunked_fetch=not connections[qs.db].settings_dict.get(
             "DISABLE_SERVER_SIDE_CURSORS"), chunk_size=chunk_size)
-    if chunks is None:
-        return
     converters = None
     for chunk in chunks:
         if converters is None:  # Known once the query ran.
