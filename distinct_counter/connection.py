@@ -68,11 +68,12 @@ def _make_client(alias: str, write: bool) -> redis.Redis:
         kwargs["socket_timeout"] = conf.SOCKET_TIMEOUT
     if kwargs.get("socket_connect_timeout") in (None, 5):
         kwargs["socket_connect_timeout"] = conf.SOCKET_CONNECT_TIMEOUT
-    # One quick retry survives a pooled connection that a Redis restart closed; more would
-    # only multiply the wait while Redis is really down. Never after a timeout: the command
-    # may have run (a slow server, not a dead one), and running a counter's increments twice
-    # would count them twice, silently. A failure only marks the counter stale.
-    kwargs["retry"] = Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
+    # No retry: redis-py would send the command again after the connection dropped while it
+    # waited for the reply, when the command may have run (a counter's increments counted
+    # twice, a rebuild's swap run twice), and after a timeout, when it may still be running.
+    # A failure only marks the counter stale. A pooled connection that a Redis restart
+    # closed is reopened by the pool before anything is sent.
+    kwargs["retry"] = Retry(NoBackoff(), 0)
     kwargs["retry_on_timeout"] = False
     kwargs.pop("retry_on_error", None)
     new_pool = redis.ConnectionPool(

@@ -7,6 +7,7 @@ fresh (``state``: ``ok`` or ``stale``). Keys are named by :meth:`Counter.key`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -489,8 +490,15 @@ def rebuild(counter: Counter, using: str | None = None,
         recounted, settled = _recount_journal(counter, client, primary, snapshot, scanned,
                                               swapped)
         client.delete(journal_on, journal)
+    except BaseException:
+        # Writers stop journaling for a rebuild that will not recount; the next one starts
+        # afresh. Best effort: Redis may be what failed.
+        with contextlib.suppress(*REDIS_ERRORS):
+            client.delete(journal_on, journal, tmp)
+        raise
     finally:
-        run_script(client, RELEASE, [lock_key], [token])
+        with contextlib.suppress(*REDIS_ERRORS):
+            run_script(client, RELEASE, [lock_key], [token])
     from distinct_counter.models import CounterState
 
     CounterState.mark_rebuilt(counter.label)

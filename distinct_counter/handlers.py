@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import connections, models, transaction
 from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 
@@ -94,19 +95,33 @@ def _tracked(sender: type[models.Model], update_fields: Any) -> tuple[Counter, .
     return counters
 
 
+#: The absence of a row is locked in one of this many advisory locks per table (a row's pk
+#: picks one): a bulk insert of many explicit pks takes at most this many locks.
+LOCK_BUCKETS = 1024
+
+
+def canonical_pk(model: type[models.Model], pk: Any) -> Any:
+    """``pk`` as the database gives it back (``"7"`` -> ``7``, a UUID's text -> ``UUID``)."""
+    try:
+        return model._meta.pk.to_python(pk)  # type: ignore[union-attr]
+    except ValidationError:
+        return pk  # The query that follows reports it, as Django would.
+
+
 def locked_rows(model: type[models.Model], using: str, pks: Iterable[Any],
                 counters: tuple[Counter, ...]) -> dict[Any, tuple[Any, ...]]:
     """The current values of ``counters`` in the rows ``pks``, locked until the transaction
-    ends (``SELECT ... FOR UPDATE``). A pk with no row gets no entry.
+    ends (``SELECT ... FOR UPDATE``), keyed by :func:`canonical_pk`. A pk with no row gets
+    no entry.
 
     On PostgreSQL the absence of a row is locked too, with a transaction-level advisory lock
-    on (table, pk) that every insert of an explicit pk takes the same way (a ``save()`` of an
-    instance whose row was deleted re-inserts it): without it, the UPDATE or DELETE that
-    follows could meet a row that another transaction inserted meanwhile, whose values no
-    delta accounts for. Rows that appeared while the lock was awaited are read again. This
-    costs a query only when a row is missing, which is rare.
+    (:func:`lock_absent`) that every insert of an explicit pk takes the same way (a
+    ``save()`` of an instance whose row was deleted re-inserts it): without it, the UPDATE or
+    DELETE that follows could meet a row that another transaction inserted meanwhile, whose
+    values no delta accounts for. Rows that appeared while the lock was awaited are read
+    again. This costs a query only when a row is missing, which is rare.
     """
-    pks = list(dict.fromkeys(pks))
+    pks = list(dict.fromkeys(canonical_pk(model, pk) for pk in pks))
     if not pks:
         return {}
     conn = connections[using]
@@ -129,18 +144,29 @@ def locked_rows(model: type[models.Model], using: str, pks: Iterable[Any],
     return rows
 
 
+def locked_row(model: type[models.Model], using: str, pk: Any,
+               counters: tuple[Counter, ...]) -> tuple[Any, ...] | None:
+    """:func:`locked_rows` of one row: its values, or None when it does not exist."""
+    return next(iter(locked_rows(model, using, [pk], counters).values()), None)
+
+
 def lock_absent(model: type[models.Model], using: str, pks: list[Any]) -> bool:
-    """Take the advisory locks of ``pks`` of ``model``'s table (PostgreSQL only, inside a
-    transaction; False elsewhere). In a sorted order, so two transactions locking
-    overlapping sets cannot deadlock on them."""
+    """Take the advisory locks that cover ``pks`` of ``model``'s table (PostgreSQL only,
+    inside a transaction; False elsewhere).
+
+    One of :data:`LOCK_BUCKETS` locks per table covers each pk, taken in sorted order, so
+    transactions taking only these locks cannot deadlock on them, and a bulk insert holds a
+    bounded number of locks (PostgreSQL's lock table is shared and small).
+    """
     conn = connections[using]
     if conn.vendor != "postgresql" or not pks:
         return False
     table = model._meta.db_table
-    keys = sorted(f"{table}:{pk}" for pk in pks)
+    keys = sorted({f"{table}:{canonical_pk(model, pk)}" for pk in pks})
     with conn.cursor() as cur:
-        cur.execute("SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) "
-                    "FROM (SELECT k FROM unnest(%s::text[]) AS k ORDER BY k) AS keys", [keys])
+        cur.execute("SELECT count(pg_advisory_xact_lock(hashtext(%s), b)) FROM "
+                    "(SELECT DISTINCT hashtext(k) & %s AS b FROM unnest(%s::text[]) AS k "
+                    "ORDER BY b) AS buckets", [table, LOCK_BUCKETS - 1, keys])
     return True
 
 
@@ -169,7 +195,7 @@ def handle_pre_save(sender: type[models.Model], instance: models.Model, using: s
     ensure_available(sender)
     old = None
     if instance.pk is not None and not (instance._state.adding and sender._meta.pk.has_default()):
-        old = locked_rows(sender, using, [instance.pk], counters).get(instance.pk)
+        old = locked_row(sender, using, instance.pk, counters)
     instance.__dict__[_OLD] = (counters, old)
 
 
@@ -194,7 +220,7 @@ def handle_pre_delete(sender: type[models.Model], instance: models.Model, using:
     if key in prefetched:
         old = prefetched[key]
     else:
-        old = locked_rows(sender, using, [instance.pk], counters).get(instance.pk)
+        old = locked_row(sender, using, instance.pk, counters)
     instance.__dict__[_OLD] = (counters, old)
 
 

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from distinct_counter.counting import Deltas, ensure_available
 from distinct_counter.handlers import (
+    canonical_pk,
     deltas_between,
     lock_absent,
     locked_rows,
@@ -57,11 +58,17 @@ class CountedQuerySet(models.QuerySet):  # type: ignore[type-arg]
             return super().bulk_create(objs, *args, **kwargs)  # type: ignore[no-any-return]
         ensure_available(self.model)
         objs = list(objs)
+        conflicts = kwargs.get("ignore_conflicts") or kwargs.get("update_conflicts")
+        # Explicit pks take the locks that deletes and updates of missing rows wait on. Not
+        # pks of a default (fresh: nobody else can be writing them), nor with conflicts
+        # handled (the counters are marked stale anyway).
+        pk_field: Any = self.model._meta.pk
+        explicit = [] if conflicts or pk_field.has_default() else [
+            o.pk for o in objs if o.pk is not None]
         with transaction.atomic(using=self.db, savepoint=False):
-            # Explicit pks take the locks that deletes and updates of missing rows wait on.
-            lock_absent(self.model, self.db, [o.pk for o in objs if o.pk is not None])
+            lock_absent(self.model, self.db, explicit)
             created = super().bulk_create(objs, *args, **kwargs)
-        if kwargs.get("ignore_conflicts") or kwargs.get("update_conflicts"):
+        if conflicts:
             # Which rows were inserted, and which replaced, is not known here.
             on_commit_stale(self.db, list(counters), "bulk_create() with conflicts handling")
             return created
@@ -88,11 +95,12 @@ class CountedQuerySet(models.QuerySet):  # type: ignore[type-arg]
             updated = int(models.QuerySet.bulk_update(bypass, objs, fields, batch_size=batch_size))
             seen = set()
             for obj in objs:
-                if obj.pk not in old or obj.pk in seen:
+                pk = canonical_pk(self.model, obj.pk)
+                if pk not in old or pk in seen:
                     continue
-                seen.add(obj.pk)
+                seen.add(pk)
                 new = tuple(getattr(obj, name) for name in attnames)
-                _merge(deltas, deltas_between(counters, old[obj.pk], new))
+                _merge(deltas, deltas_between(counters, old[pk], new))
             record(self.db, deltas)
         return updated
 
@@ -167,17 +175,19 @@ class CountedModel(models.Model):
         abstract = True
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        """Save, locking the row first when an update may change a counted value."""
+        """Save, locking the row first when an update may change a counted value (or its
+        absence, for an insert of an explicit pk)."""
         update_fields = kwargs.get("update_fields", args[3] if len(args) > 3 else None)
-        force_insert = kwargs.get("force_insert", args[0] if args else False)
-        if self.pk is None or force_insert or (
+        fresh = self._state.adding and self._meta.pk.has_default()  # type: ignore[union-attr]
+        if self.pk is None or fresh or (
             update_fields is not None and not _touched(type(self), update_fields)
         ):
             return super().save(*args, **kwargs)
         using = kwargs.get("using", args[2] if len(args) > 2 else None)
         using = using or router.db_for_write(type(self), instance=self)
-        # The old value is read with SELECT ... FOR UPDATE in the pre_save handler: the lock
-        # must last until the UPDATE, so both run in one transaction.
+        # The old value is read with SELECT ... FOR UPDATE in the pre_save handler (or the
+        # absence of the row locked, for an insert of an explicit pk): the lock must last
+        # until the UPDATE or INSERT, so both run in one transaction.
         with transaction.atomic(using=using, savepoint=False):
             return super().save(*args, **kwargs)
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models.signals import pre_delete, pre_save
 
 from distinct_counter.counting import rebuild
@@ -243,3 +243,43 @@ def test_a_deleted_row_saved_again_while_another_writer_finds_it_missing(second:
         signal.disconnect(sender=Message, dispatch_uid="test-pause")
     assert not first.is_alive() and not again.is_alive()
     assert_counters_equal_database()
+
+
+def test_an_insert_of_an_explicit_pk_waits_for_a_writer_that_found_it_missing() -> None:
+    """``create(pk=...)`` takes the lock a writer holds on a missing row's absence."""
+    from distinct_counter.handlers import lock_absent
+
+    pk = 987654
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                lock_absent(Message, "default", [str(pk)])  # the same pk, given as text
+                holding.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    def insert() -> None:
+        try:
+            Message.objects.create(pk=pk, username="ann", city="Paris")
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(30)
+        inserter = threading.Thread(target=insert)
+        inserter.start()
+        deadline = time.monotonic() + 30
+        while not _waiting_on_advisory_lock():
+            assert inserter.is_alive(), "the insert did not wait for the lock"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        release.set()
+        holder.join(30)
+    inserter.join(30)
+    assert Message.objects.filter(pk=pk).exists()

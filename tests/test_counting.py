@@ -417,3 +417,13 @@ def test_a_text_field_that_converts_values_counts_them_converted() -> None:
     assert normalize(LowerField(max_length=5), "ABC") == "abc"
     assert normalize(models.CharField(max_length=5), "ABC") == "ABC"
     assert normalize(models.IntegerField(), "7") == "7"
+
+
+def test_an_instance_given_its_pk_as_text_counts_like_any_other() -> None:
+    row = Message.objects.create(username="alice", city="Paris")
+    Message(pk=str(row.pk), username="carol", city="Lyon").save()
+    assert_exact()
+    assert DistinctCount.frequency("username", "alice", Message) == 0
+    Message(pk=str(row.pk)).delete()
+    assert_exact()
+    assert DistinctCount.frequency("username", "carol", Message) == 0
