@@ -40,6 +40,19 @@ def spawn(seed: int, ops: int, stop_file: Path | None = None,
                             text=True, env=env)
 
 
+def in_thread(fn: Any) -> threading.Thread:
+    """Start ``fn`` in a thread of its own, which closes its database connections at the end."""
+    def target() -> None:
+        try:
+            fn()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread
+
+
 def finish(procs: list[subprocess.Popen[str]]) -> list[tuple[int, int]]:
     results = []
     for proc in procs:
@@ -157,11 +170,8 @@ def test_two_rebuilds_of_one_counter_do_not_run_at_once(settings: Any) -> None:
             rebuild(counter, "default", progress=slow_progress)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
-        finally:
-            connections.close_all()
 
-    thread = threading.Thread(target=first)
-    thread.start()
+    thread = in_thread(first)
     try:
         assert inside.wait(30)
         with pytest.raises(CommandError, match="another rebuild of testapp.message.city"):
@@ -202,16 +212,6 @@ def test_a_deleted_row_saved_again_while_another_writer_finds_it_missing(second:
             paused.set()
             resume.wait(30)
 
-    def run(fn: Any) -> threading.Thread:
-        def target() -> None:
-            try:
-                fn()
-            finally:
-                connections.close_all()
-        thread = threading.Thread(target=target)
-        thread.start()
-        return thread
-
     def second_writer() -> None:
         if second == "delete":
             other.delete()
@@ -225,10 +225,10 @@ def test_a_deleted_row_saved_again_while_another_writer_finds_it_missing(second:
 
     signal.connect(pause, sender=Message, dispatch_uid="test-pause")
     try:
-        first = run(second_writer)
+        first = in_thread(second_writer)
         assert paused.wait(30)
         signal.disconnect(sender=Message, dispatch_uid="test-pause")
-        again = run(resurrect)
+        again = in_thread(resurrect)
         # The re-insert either completes (nothing locked the absence) or waits for the
         # second writer's advisory lock.
         deadline = time.monotonic() + 30
@@ -253,26 +253,15 @@ def test_an_insert_of_an_explicit_pk_waits_for_a_writer_that_found_it_missing() 
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        try:
-            with transaction.atomic():
-                lock_absent(Message, "default", [str(pk)])  # the same pk, given as text
-                holding.set()
-                release.wait(30)
-        finally:
-            connections.close_all()
+        with transaction.atomic():
+            lock_absent(Message, "default", [str(pk)])  # the same pk, given as text
+            holding.set()
+            release.wait(30)
 
-    def insert() -> None:
-        try:
-            Message.objects.create(pk=pk, username="ann", city="Paris")
-        finally:
-            connections.close_all()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
+    holder = in_thread(hold)
     try:
         assert holding.wait(30)
-        inserter = threading.Thread(target=insert)
-        inserter.start()
+        inserter = in_thread(lambda: Message.objects.create(pk=pk, username="ann", city="Paris"))
         deadline = time.monotonic() + 30
         while not _waiting_on_advisory_lock():
             assert inserter.is_alive(), "the insert did not wait for the lock"
