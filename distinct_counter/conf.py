@@ -1,64 +1,180 @@
-"""The ``DISTINCT_COUNTER`` setting, read at call time so ``override_settings`` just works.
+"""Typed, validated settings, read at call time so ``override_settings`` just works.
 
-Every key is optional; ``conf.NAME`` returns the configured value or the default below.
+Each product declares its keys as :class:`Option` attributes of a :class:`Settings` class
+(``distinct_counter.counting.conf``, ``distinct_counter.routing.conf``,
+``distinct_counter.cache.conf``). An option holds its default and one validator; the code
+reads ``settings.NAME`` and gets a value of the declared type, and the system checks call the
+very same validator through :meth:`Settings.errors`, so a value is never judged twice, nor
+differently.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, TypeVar, overload
 
-from django.conf import settings
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 
-#: Defaults of every key of ``settings.DISTINCT_COUNTER``.
-DEFAULTS: dict[str, Any] = {
-    # Counting
-    "CACHE": "default",
-    "WRITE_CACHE": None,
-    "KEY_PREFIX": "distinct_counter",
-    "FALLBACK": "database",
-    "DATABASE": None,
-    "ON_ERROR": "log",
-    "RETRY_INTERVAL": 5.0,
-    "SOCKET_TIMEOUT": 0.5,
-    "SOCKET_CONNECT_TIMEOUT": 0.5,
-    "REBUILD_BATCH_SIZE": 5000,
-    "REBUILD_GRACE": 0.5,
-    "REBUILD_SETTLE": 30.0,
-    # Database router
-    "PRIMARY": "default",
-    "REPLICAS": [],
-    "PIN_SECONDS": 5.0,
-    "PIN_COOKIE": "distinct_counter_pin",
-    "PIN_COOKIE_SECURE": False,
-    "PIN_COOKIE_HTTPONLY": True,
-    "PIN_COOKIE_SAMESITE": "Lax",
-    "REPLICA_RETRY_SECONDS": 5.0,
-    "MAX_REPLICA_LAG": None,
-    "LAG_CHECK_SECONDS": 2.0,
-}
-
-FALLBACK_CHOICES = ("database", "raise")
-ON_ERROR_CHOICES = ("log", "raise")
+T = TypeVar("T")
+S = TypeVar("S", bound="Settings")
 
 
-def get(name: str) -> Any:
-    """Return ``DISTINCT_COUNTER[name]``, or its default."""
-    user: dict[str, Any] = getattr(settings, "DISTINCT_COUNTER", None) or {}
-    return user.get(name, DEFAULTS[name])
+class Option(Generic[T]):
+    """One key of a settings dict: its default, and the validator that turns a raw value into
+    a ``T`` or raises ``ValueError`` saying what is wrong with it.
+
+    Read on an instance of its :class:`Settings`, it returns the validated value, or raises
+    ``ImproperlyConfigured`` with the message of the system check ``check_id``.
+    """
+
+    name: str
+
+    def __init__(self, default: Any, parse: Callable[[Any], T], check_id: str,
+                 hint: str) -> None:
+        self.default = default
+        self.parse = parse
+        self.check_id = check_id
+        self.hint = hint
+
+    def __set_name__(self, owner: type[Settings], name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type[Settings]) -> Option[T]: ...
+
+    @overload
+    def __get__(self, obj: Settings, owner: type[Settings]) -> T: ...
+
+    def __get__(self, obj: Settings | None, owner: type[Settings]) -> Option[T] | T:
+        if obj is None:
+            return self
+        value = obj.raw().get(self.name, self.default)
+        try:
+            return self.parse(value)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{self.message(obj, value, exc)} {self.hint}") from None
+
+    def message(self, obj: Settings, value: Any, exc: ValueError) -> str:
+        return f"{obj.where}[{self.name!r}] is {value!r}: {exc}."
+
+    def error(self, obj: Settings) -> checks.CheckMessage | None:
+        """The system check error of this option's current value, if it is invalid."""
+        value = obj.raw().get(self.name, self.default)
+        try:
+            self.parse(value)
+        except ValueError as exc:
+            return checks.Error(self.message(obj, value, exc), hint=self.hint, id=self.check_id)
+        return None
 
 
-class _Conf:
-    """Attribute access to the setting: ``conf.CACHE``, ``conf.FALLBACK``..."""
+class Settings:
+    """A set of :class:`Option` read from one dict of the project's settings."""
 
-    def __getattr__(self, name: str) -> Any:
-        if name not in DEFAULTS:
-            raise AttributeError(name)
-        return get(name)
+    #: How messages name the dict, e.g. ``DISTINCT_COUNTER``.
+    where = "DISTINCT_COUNTER"
 
-    @property
-    def write_cache(self) -> str:
-        """The cache alias counter writes go to: ``WRITE_CACHE``, else ``CACHE``."""
-        return str(get("WRITE_CACHE") or get("CACHE"))
+    def raw(self) -> Mapping[str, Any]:
+        """The dict the options are read from, as it is now."""
+        from django.conf import settings
+
+        value = getattr(settings, "DISTINCT_COUNTER", None) or {}
+        return value if isinstance(value, Mapping) else {}
+
+    @classmethod
+    def options(cls) -> dict[str, Option[Any]]:
+        """Every option of this class and its bases, by name, in declaration order."""
+        found: dict[str, Option[Any]] = {}
+        for klass in reversed(cls.__mro__):
+            found.update((k, v) for k, v in vars(klass).items() if isinstance(v, Option))
+        return found
+
+    def errors(self) -> list[checks.CheckMessage]:
+        """One system check error per invalid option."""
+        return [e for o in self.options().values() if (e := o.error(self)) is not None]
 
 
-conf = _Conf()
+# -- validators: each returns the typed value or raises ValueError saying what is wrong -----
+
+
+def positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError("not a positive number")
+    return float(value)
+
+
+def non_negative_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError("not a number of 0 or more")
+    return float(value)
+
+
+def positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("not a positive integer")
+    return value
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("not a non-empty string")
+    return value
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("not True or False")
+    return value
+
+
+def optional(parse: Callable[[Any], T]) -> Callable[[Any], T | None]:
+    """``parse``, or None for None."""
+
+    def parse_optional(value: Any) -> T | None:
+        return None if value is None else parse(value)
+
+    return parse_optional
+
+
+def choice(*choices: str) -> Callable[[Any], str]:
+    def parse_choice(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"not one of {', '.join(map(repr, choices))}")
+        return str(value)
+
+    return parse_choice
+
+
+def aliases(value: Any) -> list[str]:
+    """A list (or tuple) of non-empty alias strings; None is the empty list."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or not all(isinstance(a, str) and a for a in value):
+        raise ValueError("not a list of aliases")
+    return list(value)
+
+
+def unknown_keys(raw: Mapping[str, Any], known: Iterable[str]) -> list[str]:
+    return sorted(set(raw) - set(known))
+
+
+def is_subclass_path(path: Any, *bases: str) -> bool:
+    """Whether the dotted ``path`` (or a class) names one of ``bases`` (dotted paths) or a
+    subclass of one; False for what cannot be imported."""
+    from django.utils.module_loading import import_string
+
+    if isinstance(path, str) and path in bases:
+        return True
+    try:
+        cls = import_string(path) if isinstance(path, str) else path
+    except ImportError:
+        return False
+    if not isinstance(cls, type):
+        cls = type(cls)
+    for base in bases:
+        try:
+            if issubclass(cls, import_string(base)):
+                return True
+        except ImportError:
+            continue
+    return False

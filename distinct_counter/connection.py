@@ -1,4 +1,4 @@
-"""Raw Redis access for the counters: one client per cache alias, and a circuit breaker.
+"""Raw Redis access shared by the products: one client per cache alias, and circuit breakers.
 
 The clients reuse the connection settings of a django-redis cache (``CACHES[alias]``) but
 with the short timeouts of ``DISTINCT_COUNTER["SOCKET_TIMEOUT"]`` and
@@ -18,25 +18,40 @@ from django.core.cache import caches
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from distinct_counter.conf import conf
+from distinct_counter.conf import Option, Settings, positive_number
 
 logger = logging.getLogger("distinct_counter")
+
+_SECONDS = "Use a positive number of seconds."
+
+
+class RedisSettings(Settings):
+    """The keys of ``DISTINCT_COUNTER`` that every Redis access of this app obeys."""
+
+    #: Seconds a circuit breaker skips a failed Redis before trying it again.
+    RETRY_INTERVAL = Option(5.0, positive_number, "distinct_counter.E008", _SECONDS)
+    SOCKET_TIMEOUT = Option(0.5, positive_number, "distinct_counter.E008", _SECONDS)
+    SOCKET_CONNECT_TIMEOUT = Option(0.5, positive_number, "distinct_counter.E008", _SECONDS)
+
+
+redis_settings = RedisSettings()
 
 #: The errors that mean "Redis did not do it": unreachable, timed out, refused the command
 #: (read-only replica, max clients, auth...). Script errors are ``ResponseError`` too.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
 _clients: dict[tuple[str, bool], redis.Redis] = {}
-_breakers: dict[str, Breaker] = {}
+_breakers: dict[tuple[str, str], Breaker] = {}
 _lock = threading.Lock()
 
 
 def get_client(alias: str, *, write: bool = True) -> redis.Redis:
-    """The raw Redis client behind the django-redis cache ``alias``.
+    """The raw Redis client behind the cache ``alias``.
 
-    ``write=False`` asks django-redis for a read connection (a replica when the cache's
-    ``LOCATION`` lists several servers). For a ``MasterReplicaCache``, the client is that of
-    its MASTER cache for writes, of its REPLICA cache for reads.
+    Any cache with django-redis's ``cache.client.get_client(write)`` will do (a
+    ``MasterReplicaCache`` answers with its MASTER's client for writes, its REPLICA's for
+    reads). ``write=False`` asks for a read connection (a replica when the cache's
+    ``LOCATION`` lists several servers).
     """
     key = (alias, write)
     client = _clients.get(key)
@@ -49,11 +64,7 @@ def get_client(alias: str, *, write: bool = True) -> redis.Redis:
 
 
 def _make_client(alias: str, write: bool) -> redis.Redis:
-    from distinct_counter.cache import MasterReplicaCache
-
     cache: Any = caches[alias]
-    if isinstance(cache, MasterReplicaCache):
-        return _make_client(cache.redis_alias(write), write)
     try:
         base: redis.Redis = cache.client.get_client(write)
     except AttributeError:
@@ -65,9 +76,9 @@ def _make_client(alias: str, write: bool) -> redis.Redis:
         return base  # Sentinel and other pools keep their own settings.
     kwargs = dict(pool.connection_kwargs)
     if kwargs.get("socket_timeout") in (None, 5):
-        kwargs["socket_timeout"] = conf.SOCKET_TIMEOUT
+        kwargs["socket_timeout"] = redis_settings.SOCKET_TIMEOUT
     if kwargs.get("socket_connect_timeout") in (None, 5):
-        kwargs["socket_connect_timeout"] = conf.SOCKET_CONNECT_TIMEOUT
+        kwargs["socket_connect_timeout"] = redis_settings.SOCKET_CONNECT_TIMEOUT
     # No retry: redis-py would send the command again after the connection dropped while it
     # waited for the reply, when the command may have run (a counter's increments counted
     # twice, a rebuild's swap run twice), and after a timeout, when it may still be running.
@@ -83,15 +94,20 @@ def _make_client(alias: str, write: bool) -> redis.Redis:
 
 
 class Breaker:
-    """A per-process circuit breaker for one Redis alias.
+    """A per-process circuit breaker for one Redis server in one role.
 
-    After a failure, :meth:`allow` answers False for ``RETRY_INTERVAL`` seconds, so requests
-    skip Redis at once instead of each waiting out a timeout. The failure is logged once, with
-    its cause, when the breaker opens; the recovery is logged when it closes.
+    After a failure, :meth:`allow` answers False for ``interval`` seconds (default
+    ``RETRY_INTERVAL``), so requests skip the server at once instead of each waiting out a
+    timeout. The failure is logged once, with its cause and ``consequence``, when the breaker
+    opens; the recovery is logged when it closes.
     """
 
-    def __init__(self, alias: str) -> None:
+    def __init__(self, alias: str, role: str = "Redis of cache",
+                 consequence: str = "counters it misses are marked stale") -> None:
         self.alias = alias
+        self.role = role
+        self.consequence = consequence
+        self.interval: float | None = None  # None: RETRY_INTERVAL, read when it fails
         self.open_until = 0.0
         self.failed = False
         #: Whether this process has copied the database's stale marks into Redis yet.
@@ -102,30 +118,35 @@ class Breaker:
 
     def failure(self, exc: BaseException) -> None:
         first = not self.failed
+        interval = redis_settings.RETRY_INTERVAL if self.interval is None else self.interval
         self.failed = True
-        self.open_until = time.monotonic() + float(conf.RETRY_INTERVAL)
+        self.open_until = time.monotonic() + interval
         if first:
-            logger.error(
-                "Redis of cache %r failed: %s: %s; counters it misses are marked stale, "
-                "retrying every %ss", self.alias, type(exc).__name__, exc, conf.RETRY_INTERVAL,
-            )
+            logger.error("%s %r failed: %s: %s; %s, retrying every %ss", self.role, self.alias,
+                         type(exc).__name__, exc, self.consequence, interval)
         else:
-            logger.debug("Redis of cache %r still failing: %r", self.alias, exc)
+            logger.debug("%s %r still failing: %r", self.role, self.alias, exc)
 
     def success(self) -> bool:
-        """Record a success; True when this closed an open breaker (Redis came back)."""
+        """Record a success; True when this closed an open breaker (the server came back)."""
         if not self.failed:
             return False
         self.failed = False
-        logger.warning("Redis of cache %r is reachable again", self.alias)
+        logger.warning("%s %r is reachable again", self.role, self.alias)
         return True
 
 
-def breaker(alias: str) -> Breaker:
-    b = _breakers.get(alias)
-    if b is None:
-        b = _breakers.setdefault(alias, Breaker(alias))
-    return b
+def breaker(alias: str, role: str = "Redis of cache",
+            consequence: str = "counters it misses are marked stale") -> Breaker:
+    """The process's breaker of ``alias`` in ``role``: per process, not per cache instance,
+    since Django builds one cache instance per thread, and a server that failed for one
+    thread failed for all of them."""
+    key = (role, alias)
+    found = _breakers.get(key)
+    if found is None:
+        with _lock:
+            found = _breakers.setdefault(key, Breaker(alias, role, consequence))
+    return found
 
 
 def reset() -> None:
@@ -138,48 +159,3 @@ def reset() -> None:
                 pass
         _clients.clear()
         _breakers.clear()
-
-
-def run_script(client: Any, script: Script, keys: list[str], args: list[Any]) -> Any:
-    """Queue ``script`` on a pipeline, or run it on a client (EVALSHA, then EVAL on NOSCRIPT)."""
-    if isinstance(client, redis.client.Pipeline):
-        return client.evalsha(script.sha, len(keys), *keys, *args)
-    try:
-        return client.evalsha(script.sha, len(keys), *keys, *args)
-    except redis.exceptions.NoScriptError:
-        return client.eval(script.source, len(keys), *keys, *args)
-
-
-def execute(pipe: Any, scripts: list[Script]) -> list[Any]:
-    """Execute a pipeline of EVALSHAs in one round trip; load the scripts after a NOSCRIPT.
-
-    redis-py's own ``Script`` objects would send ``SCRIPT EXISTS`` before every pipeline,
-    doubling the round trips of each write. Only the commands that met NOSCRIPT are sent
-    again, so no script runs twice.
-    """
-    commands = list(pipe.command_stack)
-    results = list(pipe.execute(raise_on_error=False))
-    missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
-    if missing:
-        for script in scripts:
-            pipe.script_load(script.source)
-        for i in missing:
-            args, options = commands[i]
-            pipe.execute_command(*args, **options)
-        retried = list(pipe.execute(raise_on_error=False))[len(scripts):]
-        for i, result in zip(missing, retried):
-            results[i] = result
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
-    return results
-
-
-class Script:
-    """A Lua script known by its SHA1, loaded into Redis on first NOSCRIPT."""
-
-    def __init__(self, source: str) -> None:
-        import hashlib
-
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()

@@ -1,24 +1,26 @@
-"""Which fields are counted, how their values are written down, and where in Redis they live.
+"""Which fields are counted, and where in Redis their counters live.
 
-One :class:`Counter` per counted field of each concrete :class:`~distinct_counter.models.CountedModel`.
-Values go through :func:`normalize` on every path (signals, bulk operations, rebuilds, lookups),
-so values the database treats as equal count once whatever Python type they arrived as.
+One :class:`Counter` per counted field of each concrete counted model (a subclass of
+:class:`~distinct_counter.models.CountedModel`).
 """
 
 from __future__ import annotations
 
-import datetime
-import decimal
 import functools
-import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from django.apps import apps
 from django.db import models
 
-from distinct_counter.conf import conf
+from distinct_counter.counting.conf import conf
+from distinct_counter.counting.values import denormalize, normalize, text_as_is
 from distinct_counter.exceptions import NotCounted
+
+#: The class attribute that marks ``CountedModel`` and its subclasses. The registry looks for
+#: it rather than importing ``CountedModel``, which sits above it (it needs the write path).
+MARKER = "_distinct_counter_counted"
 
 
 @dataclass(frozen=True)
@@ -38,76 +40,35 @@ class Counter:
         """The column attribute: ``city`` or, for a ForeignKey, ``author_id``."""
         return str(self.field.attname)
 
-    def key(self, part: str, prefix: str | None = None) -> str:
+    def key(self, part: str) -> str:
         """A Redis key of this counter.
 
         The hash tag ``{...}`` puts every key of one counter in one Redis Cluster slot, so the
         scripts that touch several of them at once run anywhere. Values never appear in key
         names (they are hash fields), so no value can collide with or inject into a key.
         """
-        return f"{prefix or conf.KEY_PREFIX}:{{{self.label}}}:{part}"
+        return f"{conf.KEY_PREFIX}:{{{self.label}}}:{part}"
 
     def normalize(self, value: Any) -> str | None:
         return normalize(self.field, value)
+
+    def denormalize(self, text: str) -> Any:
+        return denormalize(self.field, text)
 
     def __str__(self) -> str:
         return self.label
 
 
-def normalize(field: models.Field[Any, Any], value: Any) -> str | None:
-    """The canonical text of ``value`` as stored in ``field``; ``None`` for SQL NULL.
-
-    ``Decimal("1.1")`` and ``Decimal("1.10")`` in a ``decimal_places=2`` field both become
-    ``"1.10"``, as the database stores them; a model instance given for a ForeignKey becomes its
-    primary key; datetimes become UTC.
-    """
-    if value.__class__ is str and _text_as_is(field):
-        return value  # The common case, and the whole of a rebuild's per-value work: no copy.
-    if isinstance(value, models.Model):
-        value = value.pk
-    if value is None:
-        return None
-    target = field.target_field if field.is_relation else field  # type: ignore[attr-defined]
-    value = target.to_python(value)
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, decimal.Decimal):
-        places = getattr(target, "decimal_places", None)
-        if places is not None and value.is_finite():
-            value = value.quantize(decimal.Decimal(1).scaleb(-places))
-        return format(value, "f")
-    if isinstance(value, datetime.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
-        return value.isoformat()
-    if isinstance(value, (datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return str(value)
-
-
-@functools.cache
-def _text_as_is(field: models.Field[Any, Any]) -> bool:
-    """Whether ``field`` stores a ``str`` as it is: a text column whose ``to_python`` is
-    Django's own (a subclass that overrides it, e.g. to change case, goes the long way)."""
-    target = field.target_field if field.is_relation else field  # type: ignore[attr-defined]
-    to_python = getattr(type(target).to_python, "__func__", type(target).to_python)
-    return to_python in (models.CharField.to_python, models.TextField.to_python)
+def is_counted(model: type[models.Model]) -> bool:
+    """Whether ``model`` is a concrete model that subclasses ``CountedModel``."""
+    return bool(getattr(model, MARKER, False)) and not model._meta.abstract and not (
+        model._meta.proxy
+    )
 
 
 def counted_models() -> list[type[models.Model]]:
     """Every installed concrete model that subclasses ``CountedModel``."""
-    from distinct_counter.models import CountedModel
-
-    return [
-        m for m in apps.get_models()
-        if issubclass(m, CountedModel) and not m._meta.abstract and not m._meta.proxy
-    ]
+    return [m for m in apps.get_models() if is_counted(m)]
 
 
 @functools.cache
@@ -126,6 +87,16 @@ def counters_of(model: type[models.Model]) -> tuple[Counter, ...]:
         if getattr(field, "concrete", False) and not field.many_to_many:
             result.append(Counter(model, field))  # type: ignore[arg-type]
     return tuple(result)
+
+
+def touched(model: type[models.Model], names: Iterable[str] | None) -> tuple[Counter, ...]:
+    """The counters of ``model`` whose field is among ``names`` (a name or an attname); all
+    of them for None (a save without ``update_fields``)."""
+    counters = counters_of(model)
+    if names is None:
+        return counters
+    wanted = set(names)
+    return tuple(c for c in counters if c.field.name in wanted or c.attname in wanted)
 
 
 @functools.cache
@@ -154,13 +125,15 @@ def _resolve(field: str, model: type[models.Model] | str | None) -> Counter:
         concrete = model._meta.concrete_model
         matches = [c for c in candidates if c.model is concrete]
     else:
-        matches = candidates
-    matches = [c for c in matches if c.field.name == field or c.attname == field]
+        matches = list(candidates)
+    matches = [c for c in matches if field in (c.field.name, c.attname)]
     if len(matches) == 1:
         return matches[0]
     known = ", ".join(sorted(c.label for c in candidates)) or "none"
     if not matches:
-        where = f" of {model if isinstance(model, str) else model._meta.label}" if model else ""
+        where = ""
+        if model is not None:
+            where = f" of {model if isinstance(model, str) else model._meta.label}"
         raise NotCounted(f"{field!r}{where} is not a counted field; counted fields: {known}")
     names = ", ".join(sorted(c.model._meta.label for c in matches))
     raise NotCounted(
@@ -173,8 +146,27 @@ def _resolve_cached(field: str, model: str | None) -> Counter:
     return _resolve(field, model)
 
 
+def counters_named(names: Iterable[str]) -> list[Counter]:
+    """Counters selected by ``app_label``, ``app_label.Model`` or ``app_label.Model.field``;
+    every counter when ``names`` is empty.
+
+    :raises ValueError: a name matches no counter.
+    """
+    counters = all_counters()
+    selected: list[Counter] = []
+    for name in names:
+        parts = name.lower().split(".")
+        matches = [c for c in counters if c.label.split(".")[: len(parts)] == parts]
+        if not matches or len(parts) > 3:
+            known = ", ".join(c.label for c in counters) or "none"
+            raise ValueError(f"{name!r} names no counted model or field; counters: {known}")
+        selected += [c for c in matches if c not in selected]
+    return selected or list(counters)
+
+
 def clear_cache() -> None:
-    _text_as_is.cache_clear()
+    """Forget the counters found so far (on ``setting_changed``, and when apps change)."""
+    text_as_is.cache_clear()
     counters_of.cache_clear()
     all_counters.cache_clear()
     _resolve_cached.cache_clear()

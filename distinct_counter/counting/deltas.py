@@ -1,0 +1,92 @@
+"""Counter deltas: what one write adds to or takes from each value's row count, and how a
+committed transaction's deltas reach Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import models
+
+from distinct_counter.connection import REDIS_ERRORS, breaker, get_client
+from distinct_counter.counting import stale
+from distinct_counter.counting.conf import conf
+from distinct_counter.counting.registry import Counter
+from distinct_counter.counting.scripts import APPLY, execute, run_script
+from distinct_counter.exceptions import CounterUnavailable
+
+#: counter -> normalized value -> change in the number of rows holding it.
+Deltas = dict[Counter, dict[str, int]]
+
+
+def merge(into: Deltas, deltas: Deltas) -> None:
+    """Add ``deltas`` to ``into``."""
+    for counter, values in deltas.items():
+        mine = into.setdefault(counter, {})
+        for value, delta in values.items():
+            mine[value] = mine.get(value, 0) + delta
+
+
+def between(counters: Sequence[Counter], old: Sequence[Any] | None,
+            new: Sequence[Any] | None) -> Deltas:
+    """The deltas of one row going from ``old`` to ``new`` values of ``counters`` (None: no
+    row)."""
+    deltas: Deltas = {}
+    for i, counter in enumerate(counters):
+        before = counter.normalize(old[i]) if old is not None else None
+        after = counter.normalize(new[i]) if new is not None else None
+        if before == after:
+            continue
+        values = deltas.setdefault(counter, {})
+        if before is not None:
+            values[before] = values.get(before, 0) - 1
+        if after is not None:
+            values[after] = values.get(after, 0) + 1
+    return deltas
+
+
+def send(deltas: Deltas) -> None:
+    """Send the deltas of one committed transaction to Redis in one round trip.
+
+    Never raises for a Redis failure unless ``ON_ERROR`` is ``"raise"``: the counters that
+    missed the write are marked stale (in Redis when it is back, and durably in the database).
+    """
+    deltas = {c: {v: d for v, d in values.items() if d} for c, values in deltas.items()}
+    deltas = {c: values for c, values in deltas.items() if values}
+    if not deltas:
+        return
+    alias = conf.write_cache
+    gate = breaker(alias)
+    error: BaseException | None = None
+    if gate.allow():
+        try:
+            pipe = get_client(alias).pipeline(transaction=False)
+            for counter, values in deltas.items():
+                args: list[Any] = []
+                for value, delta in values.items():
+                    args += [value, delta]
+                keys = [counter.key("values"), counter.key("meta"),
+                        counter.key("journal_on"), counter.key("journal")]
+                run_script(pipe, APPLY, keys, args)
+            execute(pipe)
+        except REDIS_ERRORS as exc:
+            gate.failure(exc)
+            error = exc
+        else:
+            stale.reached(alias)
+            return
+    stale.mark(deltas, repr(error))
+    if conf.ON_ERROR == "raise":
+        labels = ", ".join(sorted(c.label for c in deltas))
+        raise CounterUnavailable(
+            f"Redis did not take the writes of {labels}; they are marked stale", "unreachable"
+        ) from error
+
+
+def ensure_available(model: type[models.Model]) -> None:
+    """With ``ON_ERROR = "raise"``, refuse a write while Redis is known to be down."""
+    if conf.ON_ERROR == "raise" and not breaker(conf.write_cache).allow():
+        raise CounterUnavailable(
+            f"Redis is unreachable; refusing to write {model._meta.label} "
+            "(DISTINCT_COUNTER['ON_ERROR'] is 'raise')", "unreachable",
+        )
