@@ -1,20 +1,29 @@
-"""Exact distinct counts of Django model fields, kept in Redis."""
+"""Exact distinct counts of Django model fields, kept in Redis.
+
+The public API (:mod:`distinct_counter.api`) is importable from here:
+``from distinct_counter import DistinctCount, rebuild``.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["DistinctCount"]
 
 if TYPE_CHECKING:
-    from distinct_counter.counting import DistinctCount
+    from distinct_counter.api import *  # noqa: F403
+
+_API = {
+    "CountResult", "CountedManager", "CountedModel", "CountedQuerySet", "Counter",
+    "CounterUnavailable", "DistinctCount", "DistinctCounterError", "Drift", "NotCounted",
+    "RebuildInProgress", "RebuildResult", "check", "counters", "rebuild",
+}
 
 
 def __getattr__(name: str) -> Any:
     # Imported lazily: the package is imported while Django loads its apps, before models.
-    if name == "DistinctCount":
-        from distinct_counter.counting import DistinctCount
+    if name in _API:
+        from distinct_counter import api
 
-        return DistinctCount
-    raise AttributeError(name)
+        return getattr(api, name)
+    raise AttributeError(f"module 'distinct_counter' has no attribute {name!r}")

@@ -12,8 +12,9 @@ class DistinctCounterConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from distinct_counter import checks, handlers
-        from distinct_counter.registry import counted_models
+        from distinct_counter import checks
+        from distinct_counter.counting import handlers
+        from distinct_counter.counting.registry import counted_models
 
         checks.register()
         for model in counted_models():
@@ -22,9 +23,11 @@ class DistinctCounterConfig(AppConfig):
 
 
 def _setting_changed(setting: str, **kwargs: Any) -> None:
-    """Forget what was derived from settings: Redis clients and breakers."""
-    if setting in ("DISTINCT_COUNTER", "CACHES"):
-        from distinct_counter import cache, connection
+    """Forget what was derived from settings: Redis clients, breakers, replica health."""
+    from distinct_counter import connection
+    from distinct_counter.routing import health
 
+    if setting in ("DISTINCT_COUNTER", "CACHES"):
         connection.reset()
-        cache.reset()
+    if setting in ("DISTINCT_COUNTER", "DATABASES"):
+        health.reset()

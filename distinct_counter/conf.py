@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar, overload
 
+from django.conf import settings as django_settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
 
 T = TypeVar("T")
 S = TypeVar("S", bound="Settings")
@@ -76,9 +78,7 @@ class Settings:
 
     def raw(self) -> Mapping[str, Any]:
         """The dict the options are read from, as it is now."""
-        from django.conf import settings
-
-        value = getattr(settings, "DISTINCT_COUNTER", None) or {}
+        value = getattr(django_settings, "DISTINCT_COUNTER", None) or {}
         return value if isinstance(value, Mapping) else {}
 
     @classmethod
@@ -88,6 +88,16 @@ class Settings:
         for klass in reversed(cls.__mro__):
             found.update((k, v) for k, v in vars(klass).items() if isinstance(v, Option))
         return found
+
+    def value_or(self, name: str, fallback: T) -> Any | T:
+        """The valid value of option ``name``, or ``fallback`` when it is invalid: for the
+        system checks that look past one invalid option to the others, and for code that
+        chooses to degrade rather than fail (the router sends reads to the primary)."""
+        option = self.options()[name]
+        try:
+            return option.parse(self.raw().get(name, option.default))
+        except ValueError:
+            return fallback
 
     def errors(self) -> list[checks.CheckMessage]:
         """One system check error per invalid option."""
@@ -161,8 +171,6 @@ def unknown_keys(raw: Mapping[str, Any], known: Iterable[str]) -> list[str]:
 def is_subclass_path(path: Any, *bases: str) -> bool:
     """Whether the dotted ``path`` (or a class) names one of ``bases`` (dotted paths) or a
     subclass of one; False for what cannot be imported."""
-    from django.utils.module_loading import import_string
-
     if isinstance(path, str) and path in bases:
         return True
     try:
@@ -178,3 +186,17 @@ def is_subclass_path(path: Any, *bases: str) -> bool:
         except ImportError:
             continue
     return False
+
+
+def database_errors(keys: dict[str, str | None]) -> list[checks.CheckMessage]:
+    """``distinct_counter.E006`` for each ``DISTINCT_COUNTER`` key naming an unknown database."""
+    return [
+        checks.Error(
+            f"DISTINCT_COUNTER[{key!r}] names the database {alias!r}, which is not in "
+            "DATABASES.",
+            hint=f"Use one of: {', '.join(django_settings.DATABASES)}.",
+            id="distinct_counter.E006",
+        )
+        for key, alias in keys.items()
+        if alias is not None and alias not in django_settings.DATABASES
+    ]

@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.db import connections
 
 from distinct_counter import connection as redis_connection
-from distinct_counter import counting
+from distinct_counter.counting import stale
 from tests import servers
 
 
@@ -37,10 +37,10 @@ def clean_redis() -> Iterator[None]:
     except redis.RedisError:
         pass
     redis_connection.reset()
-    counting._pending_stale.clear()
+    stale.clear()
     yield
     redis_connection.reset()
-    counting._pending_stale.clear()
+    stale.clear()
 
 
 @pytest.fixture

@@ -30,14 +30,16 @@ from django.core.management import call_command
 from django.core.management.base import CommandError, SystemCheckError
 
 from distinct_counter import DistinctCount
-from distinct_counter import cache as mrc
-from distinct_counter.checks import check_master_replica_cache, check_settings
+from distinct_counter.cache import status as cache_status
+from distinct_counter.cache.checks import check_master_replica_cache
+from distinct_counter.checks import check_settings
+from distinct_counter import connection as redis_connection
 from distinct_counter.connection import get_client
-from distinct_counter.counting import CountResult
+from distinct_counter.api import CountResult
 from tests.conftest import distinct_in_db, wait_until
 from tests.testapp.models import Message
 
-BACKEND = "distinct_counter.cache.MasterReplicaCache"
+BACKEND = "distinct_counter.cache.backend.MasterReplicaCache"
 LOCMEM = "django.core.cache.backends.locmem.LocMemCache"
 SERVERS = ("default", "replica1", "replica2")
 LOCAL_TTL = 0.5
@@ -65,11 +67,11 @@ def node_caches(journal: Path, **options: Any) -> dict[str, Any]:
 def nodes(settings: Any, tmp_path: Path) -> Iterator[None]:
     """The two nodes (and ``plain``) added to CACHES for this test only."""
     settings.CACHES = node_caches(tmp_path / "journal")
-    mrc.reset()
+    redis_connection.reset()
     for alias in ("local1", "local2"):
         caches[alias].clear()
     yield
-    mrc.reset()
+    redis_connection.reset()
 
 
 def raw(alias: str) -> redis.Redis:
@@ -491,7 +493,7 @@ def master_down(topology: Any) -> Iterator[Callable[[], None]]:
         if not server.is_running():
             server.start()
         links_up(topology)
-        mrc.reset()
+        redis_connection.reset()
 
 
 @pytest.fixture
@@ -504,7 +506,7 @@ def killed_master(topology: Any, nodes: None) -> Iterator[Callable[[], None]]:
 def test_master_killed_and_restarted(settings: Any, tmp_path: Path, topology: Any,
                                      mode: str, caplog: pytest.LogCaptureFixture) -> None:
     settings.CACHES = node_caches(tmp_path / "journal", REPLAY=mode)
-    mrc.reset()
+    redis_connection.reset()
     for alias in ("local1", "local2"):
         caches[alias].clear()
     node1, node2, plain = caches["node1"], caches["node2"], caches["plain"]
@@ -683,7 +685,7 @@ def test_cache_status(nodes: None) -> None:
     caches["node1"].set("k", "v")
     replicated()
     before = raw("default").info("replication")["master_repl_offset"]
-    status = mrc.cache_status("node1")
+    status = cache_status.cache_status("node1")
     master, replica = status["master"], status["replica"]
     # The master's offset only grows (its pings to the replicas count too).
     assert master["up"] and master["role"] == "master" and master["offset"] >= before
@@ -718,7 +720,7 @@ def test_cache_status(nodes: None) -> None:
 
 def test_cache_status_with_the_master_down(nodes: None, killed_master: Callable[[], None]) -> None:
     caches["node1"].delete("k")
-    status = mrc.cache_status("node1")
+    status = cache_status.cache_status("node1")
     assert status["master"]["up"] is False and "Connection" in status["master"]["error"]
     assert status["replica"]["link"] == "down"
     assert status["journal"]["entries"] == 1
@@ -762,7 +764,7 @@ def test_the_nodes_pass_the_checks(settings: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("options,error_id,text", [
-    ({"MASTER": None}, "E020", "OPTIONS has no 'MASTER'"),
+    ({"MASTER": None}, "E020", "['MASTER'] is None"),
     ({"REPLICA": "nowhere"}, "E021", "names the cache 'nowhere'"),
     ({"LOCAL": "nowhere"}, "E021", "names the cache 'nowhere'"),
     ({"REPLICA": "locmem"}, "E022", "'locmem', which is not a django-redis cache"),

@@ -10,7 +10,8 @@ from django.core.management import call_command
 from django.db import models
 from django.test.utils import isolate_apps
 
-from distinct_counter.checks import check_model, check_settings
+from distinct_counter.checks import check_settings
+from distinct_counter.counting.checks import check_model
 from distinct_counter.models import CountedModel
 
 

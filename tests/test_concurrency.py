@@ -17,8 +17,8 @@ from django.core.management.base import CommandError
 from django.db import connections, transaction
 from django.db.models.signals import pre_delete, pre_save
 
-from distinct_counter.counting import rebuild
-from distinct_counter.registry import resolve
+from distinct_counter.api import rebuild
+from distinct_counter.counting.registry import resolve
 from tests.conftest import master
 from tests.testapp.models import Message
 
@@ -123,7 +123,7 @@ def test_a_scan_longer_than_the_grace_needs_no_wait_after_the_swap_and_stays_exa
     try:
         time.sleep(1.0)
         for field in ("username", "city"):
-            rebuild(resolve(field, Message), "default",
+            rebuild(resolve(field, Message), using="default",
                     progress=lambda *args: time.sleep(0.05))
     finally:
         stop.touch()
@@ -144,7 +144,7 @@ def test_values_written_more_often_than_the_grace_settle_under_a_table_lock(
     try:
         time.sleep(1.0)
         with caplog.at_level("INFO", logger="distinct_counter"):
-            result = rebuild(resolve("city", Message), "default")
+            [result] = rebuild(resolve("city", Message), using="default")
     finally:
         stop.touch()
         finish(procs)
@@ -167,7 +167,7 @@ def test_two_rebuilds_of_one_counter_do_not_run_at_once(settings: Any) -> None:
 
     def first() -> None:
         try:
-            rebuild(counter, "default", progress=slow_progress)
+            rebuild(counter, using="default", progress=slow_progress)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -247,7 +247,7 @@ def test_a_deleted_row_saved_again_while_another_writer_finds_it_missing(second:
 
 def test_an_insert_of_an_explicit_pk_waits_for_a_writer_that_found_it_missing() -> None:
     """``create(pk=...)`` takes the lock a writer holds on a missing row's absence."""
-    from distinct_counter.handlers import lock_absent
+    from distinct_counter.counting.rows import lock_absent
 
     pk = 987654
     holding, release = threading.Event(), threading.Event()

@@ -407,7 +407,7 @@ def _null() -> Any:
 def test_a_text_field_that_converts_values_counts_them_converted() -> None:
     from django.db import models
 
-    from distinct_counter.registry import normalize
+    from distinct_counter.counting.values import normalize
 
     class LowerField(models.CharField):
         def to_python(self, value: Any) -> Any:

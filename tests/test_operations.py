@@ -29,9 +29,9 @@ from django.db.migrations.writer import OperationWriter
 from django.db.utils import ConnectionHandler, OperationalError
 from django.test.utils import CaptureQueriesContext, override_settings
 
-from distinct_counter import registry
-from distinct_counter.indexes import index_migration, missing_indexes
-from distinct_counter.operations import CreateIndexConcurrently, DropIndexConcurrently
+from distinct_counter.counting import registry
+from distinct_counter.indexes.planner import index_migration, missing_indexes
+from distinct_counter.indexes.operations import CreateIndexConcurrently, DropIndexConcurrently
 from tests.conftest import wait_until
 
 INDEX = "indexapp_visit_city_idx"
@@ -386,7 +386,7 @@ def test_state_and_migrations_agree(indexapp: None) -> None:
 ])
 def test_deconstruct_round_trips_through_the_migration_writer(operation: Any) -> None:
     text, imports = OperationWriter(operation, indentation=0).serialize()
-    assert text.startswith(f"distinct_counter.operations.{type(operation).__name__}(")
+    assert text.startswith(f"distinct_counter.indexes.operations.{type(operation).__name__}(")
     namespace: dict[str, Any] = {}
     exec("\n".join(sorted(imports)), namespace)
     assert eval(text.rstrip(","), namespace).deconstruct() == operation.deconstruct()
@@ -447,7 +447,7 @@ def counted_indexes(*args: str) -> str:
 
 
 EXPECTED_MIGRATION = f"""\
-import distinct_counter.operations
+import distinct_counter.indexes.operations
 from django.db import migrations, models
 
 
@@ -461,11 +461,11 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        distinct_counter.operations.CreateIndexConcurrently(
+        distinct_counter.indexes.operations.CreateIndexConcurrently(
             model_name='visit',
             index=models.Index(fields=['city'], name='indexapp_visit_city_idx'),
         ),
-        distinct_counter.operations.CreateIndexConcurrently(
+        distinct_counter.indexes.operations.CreateIndexConcurrently(
             model_name='visit',
             index=models.Index(fields=['referrer'], name='{REFERRER_INDEX}'),
         ),

@@ -109,7 +109,7 @@ def test_check_reports_a_counter_never_built() -> None:
 
 def test_stale_only_rebuilds_counters_marked_stale() -> None:
     run(verbosity=0)
-    CounterState.mark_stale(["testapp.venue.city"], "test")
+    CounterState.record_stale(["testapp.venue.city"], "test")
     assert run(stale=True).splitlines()[0].startswith("testapp.venue.city: ")
     assert len(run(stale=True).splitlines()) == 0
 

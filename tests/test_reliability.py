@@ -22,6 +22,7 @@ from django.db import transaction
 
 from distinct_counter import DistinctCount
 from distinct_counter import connection as redis_connection
+from distinct_counter.counting import stale
 from distinct_counter.embedded import RedisServer
 from distinct_counter.exceptions import CounterUnavailable
 from distinct_counter.models import CounterState
@@ -122,9 +123,8 @@ def test_timeout_marks_stale_and_the_mark_survives_a_process_restart(
     wait_until(lambda: DistinctCount.read("city", Message).state == "stale")
     # A new process, that never saw the failure, learns it from the database.
     redis_connection.reset()
-    from distinct_counter import counting
 
-    counting._pending_stale.clear()
+    stale.clear()
     code = ("import django; django.setup(); from distinct_counter import DistinctCount; "
             "from tests.testapp.models import Message; r = DistinctCount.read('city', Message); "
             "print(r.state, r.source, r.count)")
@@ -204,7 +204,6 @@ class Blackhole:
 
 
 def test_circuit_breaker_skips_redis_until_the_retry_interval(settings: Any) -> None:
-    from distinct_counter import counting
 
     hole = Blackhole()
     try:
@@ -222,7 +221,7 @@ def test_circuit_breaker_skips_redis_until_the_retry_interval(settings: Any) -> 
         redis_connection.breaker("default").open_until = 0
         Message.objects.create(username="later", city="Paris")
         assert len(hole.accepted) > tried
-        assert "testapp.message.city" in counting._pending_stale
+        assert stale.is_pending("testapp.message.city")
     finally:
         hole.close()
 

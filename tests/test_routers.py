@@ -22,15 +22,15 @@ from django.test import AsyncClient, Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import path
 
-from distinct_counter import routers
-from distinct_counter.conf import conf
-from distinct_counter.counting import DistinctCount, rebuild
+from distinct_counter.routing import health
+from distinct_counter.routing.health import replica_states
+from distinct_counter.routing.router import PrimaryReplicaRouter
+from distinct_counter.routing.conf import conf
+from distinct_counter.api import DistinctCount, rebuild
 from distinct_counter.models import CounterState
-from distinct_counter.registry import resolve
-from distinct_counter.routers import (
-    PrimaryReplicaRouter,
+from distinct_counter.counting.registry import resolve
+from distinct_counter.routing.context import (
     mark_written,
-    replica_states,
     routing_scope,
     use_primary,
     use_replica,
@@ -42,8 +42,8 @@ from tests.testapp.models import Author, Message
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "replica"])
 
-ROUTER = "distinct_counter.routers.PrimaryReplicaRouter"
-MIDDLEWARE = "distinct_counter.middleware.PinPrimaryMiddleware"
+ROUTER = "distinct_counter.routing.router.PrimaryReplicaRouter"
+MIDDLEWARE = "distinct_counter.routing.middleware.PinPrimaryMiddleware"
 #: Seconds to wait for the servers (replay, restarts): generous, the machine may be loaded.
 TIMEOUT = 30.0
 
@@ -54,10 +54,10 @@ def routed(settings: Any) -> Iterator[None]:
     settings.DATABASE_ROUTERS = [ROUTER]
     settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "REPLICAS": ["replica"],
                                  "REPLICA_RETRY_SECONDS": 0.2}
-    routers.reset()
+    health.reset()
     with routing_scope():
         yield
-    routers.reset()
+    health.reset()
 
 
 def reads() -> str | None:
@@ -319,7 +319,7 @@ def test_distinct_count_fallback_reads_from_the_replica() -> None:
 def test_rebuild_reads_from_the_replica() -> None:
     Message.objects.bulk_create([Message(username=u) for u in "abca"])
     with routing_scope(), CaptureQueriesContext(connections["replica"]) as on_replica:
-        result = rebuild(resolve("username", Message))
+        [result] = rebuild(resolve("username", Message))
     assert (result.rows, result.values) == (4, 3)
     assert any("testapp_message" in q["sql"] for q in on_replica.captured_queries)
     assert DistinctCount.read("username", Message).source == "redis"

@@ -10,7 +10,7 @@ from django.core import checks
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 
-from distinct_counter.conf import is_subclass_path
+from distinct_counter.conf import database_errors, is_subclass_path
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.queryset import CountedQuerySet
 from distinct_counter.counting.registry import counted_models
@@ -47,20 +47,6 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     if "distinct_counter.E006" not in invalid:
         errors += database_errors({"DATABASE": conf.DATABASE})
     return errors
-
-
-def database_errors(aliases: dict[str, str | None]) -> list[checks.CheckMessage]:
-    """``distinct_counter.E006`` for each ``DISTINCT_COUNTER`` key naming an unknown database."""
-    return [
-        checks.Error(
-            f"DISTINCT_COUNTER[{key!r}] names the database {alias!r}, which is not in "
-            "DATABASES.",
-            hint=f"Use one of: {', '.join(settings.DATABASES)}.",
-            id="distinct_counter.E006",
-        )
-        for key, alias in aliases.items()
-        if alias is not None and alias not in settings.DATABASES
-    ]
 
 
 def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

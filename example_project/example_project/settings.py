@@ -8,7 +8,7 @@ the full topology:
     the PostgreSQL primary (``postgresql://user:pass@host:port/db``);
 ``REPLICA_URLS``
     its streaming replicas, comma-separated: reads go there through
-    ``distinct_counter.routers.PrimaryReplicaRouter``, with read-your-writes pinning;
+    ``distinct_counter.routing.router.PrimaryReplicaRouter``, with read-your-writes pinning;
 ``REDIS_MASTER_URL``
     the Redis master;
 ``REDIS_REPLICA_URL``
@@ -60,9 +60,9 @@ _replicas = [u for u in os.environ.get("REPLICA_URLS", "").split(",") if u]
 if _replicas:
     for _i, _url in enumerate(_replicas, 1):
         DATABASES[f"replica{_i}"] = {**dj_database_url.parse(_url), "TEST": {"MIRROR": "default"}}
-    DATABASE_ROUTERS = ["distinct_counter.routers.PrimaryReplicaRouter"]
+    DATABASE_ROUTERS = ["distinct_counter.routing.router.PrimaryReplicaRouter"]
     DISTINCT_COUNTER["REPLICAS"] = [f"replica{_i}" for _i in range(1, len(_replicas) + 1)]
-    MIDDLEWARE.append("distinct_counter.middleware.PinPrimaryMiddleware")
+    MIDDLEWARE.append("distinct_counter.routing.middleware.PinPrimaryMiddleware")
 
 # -- caches ------------------------------------------------------------------------------------
 
@@ -79,7 +79,7 @@ if os.environ.get("REDIS_REPLICA_URL"):
         "replica": _redis(os.environ["REDIS_REPLICA_URL"]),
         "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
                   "LOCATION": "example-local", "OPTIONS": {"MAX_ENTRIES": 10_000}},
-        "default": {"BACKEND": "distinct_counter.cache.MasterReplicaCache",
+        "default": {"BACKEND": "distinct_counter.cache.backend.MasterReplicaCache",
                     "OPTIONS": {"MASTER": "master", "REPLICA": "replica", "LOCAL": "local"}},
     }
     DISTINCT_COUNTER["WRITE_CACHE"] = "master"

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from distinct_counter import DistinctCount
 from distinct_counter.models import CounterState
-from distinct_counter.registry import counters_of
+from distinct_counter.counting.registry import counters_of
 from messaging.models import Message
 
 #: Messages accepted by one POST.

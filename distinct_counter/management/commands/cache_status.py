@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from distinct_counter.cache import cache_status, node, node_aliases
+from distinct_counter.cache.status import cache_status, nodes
 
 
 def _lag(value: int | None) -> str:
@@ -26,10 +26,8 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        aliases = options["aliases"] or node_aliases()
         try:
-            for alias in aliases:
-                node(alias)
+            aliases = nodes(options["aliases"])
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         statuses = [cache_status(alias) for alias in aliases]

@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.management.utils import run_formatters
 
-from distinct_counter.indexes import IndexMigration, index_migration
+from distinct_counter.indexes.planner import IndexMigration, index_migration
 
 
 class Command(BaseCommand):

@@ -7,10 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from distinct_counter.counting import Drift, check, counters_named, rebuild
-from distinct_counter.exceptions import RebuildInProgress
-from distinct_counter.models import CounterState
-from distinct_counter.registry import Counter
+from distinct_counter.api import Counter, Drift, RebuildInProgress, check, counters, rebuild
 
 
 class Command(BaseCommand):
@@ -45,19 +42,16 @@ class Command(BaseCommand):
                 f"Unknown database {database!r}; choose from: {', '.join(connections)}"
             )
         try:
-            counters = counters_named(options["names"])
+            selected = counters(*options["names"], stale=options["stale"])
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        if options["stale"]:
-            stale = CounterState.stale_marks()
-            counters = [c for c in counters if c.label in stale]
         if options["check"]:
-            self._check(counters, database, options["json"])
+            self._check(selected, database, options["json"])
         else:
-            self._rebuild(counters, database, options["verbosity"])
+            self._rebuild(selected, database, options["verbosity"])
 
     def _check(self, counters: list[Counter], database: str | None, as_json: bool) -> None:
-        drifts = [check(c, database) for c in counters]
+        drifts = check(*counters, using=database)
         if as_json:
             self.stdout.write(json.dumps([d.as_dict() for d in drifts], indent=2))
         else:
@@ -90,7 +84,7 @@ class Command(BaseCommand):
                     done[0] = rows
 
             try:
-                result = rebuild(counter, database, progress=progress)
+                [result] = rebuild(counter, using=database, progress=progress)
             except RebuildInProgress as exc:
                 raise CommandError(str(exc)) from None
             finally:

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from distinct_counter.cache import node, node_aliases, replay_journal
+from distinct_counter.cache.status import nodes, replay_journal
 
 
 class Command(BaseCommand):
@@ -20,10 +20,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        aliases = options["aliases"] or node_aliases()
         try:
-            for alias in aliases:
-                node(alias)
+            aliases = nodes(options["aliases"])
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         left = 0

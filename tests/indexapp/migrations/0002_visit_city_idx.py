@@ -1,4 +1,4 @@
-import distinct_counter.operations
+import distinct_counter.indexes.operations
 from django.db import migrations, models
 
 
@@ -11,7 +11,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        distinct_counter.operations.CreateIndexConcurrently(
+        distinct_counter.indexes.operations.CreateIndexConcurrently(
             model_name='visit',
             index=models.Index(fields=['city'], name='indexapp_visit_city_idx'),
         ),

@@ -50,9 +50,9 @@ from django.test.utils import override_settings
 from distinct_counter import DistinctCount
 from distinct_counter.conf import conf
 from distinct_counter.connection import get_client
-from distinct_counter.counting import rebuild
+from distinct_counter.api import rebuild
 from distinct_counter.embedded import free_port
-from distinct_counter.registry import Counter, counters_of
+from distinct_counter.counting.registry import Counter, counters_of
 from messaging import sample
 from messaging.models import Message, PlainMessage
 

@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from distinct_counter import DistinctCount
-from distinct_counter.registry import counters_of
+from distinct_counter.counting.registry import counters_of
 from messaging import sample
 from messaging.models import Message
 

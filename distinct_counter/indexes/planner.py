@@ -21,7 +21,8 @@ from django.db.migrations.autodetector import MigrationAutodetector
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.writer import MigrationWriter
 
-from distinct_counter.operations import CreateIndexConcurrently
+from distinct_counter.counting.registry import counted_models, counters_of
+from distinct_counter.indexes.operations import CreateIndexConcurrently
 
 __all__ = ["MissingIndex", "IndexMigration", "has_index", "missing_indexes", "index_migration"]
 
@@ -106,8 +107,6 @@ def _loader(app_label: str) -> MigrationLoader:
 
 
 def _plan(app_label: str, loader: MigrationLoader) -> tuple[list[MissingIndex], list[str]]:
-    from distinct_counter.registry import counted_models, counters_of
-
     state_apps = loader.project_state().apps
     missing: list[MissingIndex] = []
     notes: list[str] = []

@@ -6,260 +6,58 @@ One Redis master replicates to a Redis replica on (or next to) every web node. O
 master, which fans it out to every replica. Its ``OPTIONS`` name other caches of ``CACHES``::
 
     "default": {
-        "BACKEND": "distinct_counter.cache.MasterReplicaCache",
+        "BACKEND": "distinct_counter.cache.backend.MasterReplicaCache",
         "OPTIONS": {"MASTER": "master", "REPLICA": "replica", "LOCAL": "local"},
     }
-
-:func:`replay_journal` and :func:`cache_status` are what the ``replay_cache_journal`` and
-``cache_status`` management commands run.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import hashlib
 import logging
-import os
-import pickle
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
-from django.utils.module_loading import import_string
+from django_redis.exceptions import ConnectionInterrupted
 
-from distinct_counter.conf import conf
-from distinct_counter.connection import REDIS_ERRORS, Breaker, get_client
+from distinct_counter.cache.conf import CacheOptions
+from distinct_counter.cache.journal import CacheJournal, FileJournal, Journal
+from distinct_counter.connection import REDIS_ERRORS, Breaker, breaker
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not on Windows: the file journal is then per process
-    fcntl = None  # type: ignore[assignment]
-
-__all__ = ["MasterReplicaCache", "ReplayResult", "cache_status", "replay_journal", "reset"]
+__all__ = ["MasterReplicaCache"]
 
 logger = logging.getLogger("distinct_counter")
 
-BACKEND = "distinct_counter.cache.MasterReplicaCache"
-REPLAY_CHOICES = ("delete", "set")
-#: Every key of a MasterReplicaCache's ``OPTIONS``, with its default.
-OPTION_DEFAULTS: dict[str, Any] = {
-    "MASTER": None,
-    "REPLICA": None,
-    "LOCAL": None,
-    "LOCAL_TTL": 5.0,
-    "REPLAY": "delete",
-    "RETRY_INTERVAL": None,  # None: DISTINCT_COUNTER["RETRY_INTERVAL"]
-    "JOURNAL_FILE": None,  # None: a file in the temporary directory, named after MASTER
-}
 #: The parts of a ``CACHES`` entry that decide key names and expiry: the MASTER's apply.
 KEY_SETTINGS = ("TIMEOUT", "KEY_PREFIX", "VERSION", "KEY_FUNCTION")
 
-try:
-    from django_redis.exceptions import ConnectionInterrupted
-
-    CACHE_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, ConnectionInterrupted)
-except ImportError:  # pragma: no cover - django-redis is a dependency
-    CACHE_ERRORS = REDIS_ERRORS
+CACHE_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, ConnectionInterrupted)
 
 _SET, _DELETED = "set", "deleted"
 
-_breakers: dict[tuple[str, str], _Breaker] = {}
-_locks: dict[str, threading.Lock] = {}
-_registry_lock = threading.Lock()
 
+class _Client:
+    """What django-redis's ``cache.client`` offers that this app's Redis access uses:
+    ``get_client(write)``, the raw client of the MASTER for writes, of the REPLICA for reads."""
 
-class _Breaker(Breaker):
-    """The counters' circuit breaker, with this backend's interval and log message."""
+    def __init__(self, cache: MasterReplicaCache) -> None:
+        self.cache = cache
 
-    def __init__(self, alias: str, role: str, interval: float) -> None:
-        super().__init__(alias)
-        self.role = role
-        self.interval = interval
-
-    def failure(self, exc: BaseException) -> None:
-        first = not self.failed
-        self.failed = True
-        self.open_until = time.monotonic() + self.interval
-        if first:
-            consequence = ("writes are journaled" if self.role == "master"
-                           else "reads go to the master")
-            logger.error("Cache %s %r failed: %s: %s; %s, retrying every %ss", self.role,
-                         self.alias, type(exc).__name__, exc, consequence, self.interval)
-        else:
-            logger.debug("Cache %s %r still failing: %r", self.role, self.alias, exc)
-
-    def success(self) -> bool:
-        if not self.failed:
-            return False
-        self.failed = False
-        logger.warning("Cache %s %r is reachable again", self.role, self.alias)
-        return True
-
-
-def _breaker(alias: str, role: str, interval: float) -> _Breaker:
-    # Per process, not per cache instance: Django builds one instance per thread, and a
-    # server that failed for one thread failed for all of them.
-    with _registry_lock:
-        gate = _breakers.get((role, alias))
-        if gate is None:
-            gate = _breakers[(role, alias)] = _Breaker(alias, role, interval)
-        gate.interval = interval
-        return gate
-
-
-def _lock(name: str) -> threading.Lock:
-    with _registry_lock:
-        return _locks.setdefault(name, threading.Lock())
-
-
-def reset() -> None:
-    """Forget the circuit breakers (on ``setting_changed``, and in tests)."""
-    with _registry_lock:
-        _breakers.clear()
-
-
-# -- the journal -------------------------------------------------------------------------------
-
-
-class Journal:
-    """The writes a node could not send to the master, in order.
-
-    Entries are dicts: ``op`` (``set``, ``delete``, ``delete_many``, ``touch``, ``clear``),
-    ``key``/``keys``, ``version``, ``timeout`` and, when ``REPLAY`` is ``"set"``, ``value``.
-    """
-
-    location: str
-
-    def append(self, entry: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    @contextlib.contextmanager
-    def taken(self) -> Iterator[list[dict[str, Any]]]:
-        """The entries, locked against other replays and appends; the caller removes the
-        ones it replayed from the list, and what is left is kept."""
-        raise NotImplementedError
-
-
-class CacheJournal(Journal):
-    """A journal kept under one key of the node's ``LOCAL`` cache, never expiring.
-
-    With a per-process ``LOCAL`` (``LocMemCache``), each process journals and replays its own
-    writes; a lock serializes its threads. Give such a cache a ``MAX_ENTRIES`` well above the
-    number of keys a node writes in ``LOCAL_TTL``, so culling never drops the journal.
-    """
-
-    def __init__(self, alias: str, name: str) -> None:
-        self.alias = alias
-        self.key = f"distinct_counter.cache.journal.{name}"
-        self.location = f"cache {alias!r}"
-        self.lock = _lock(f"cache:{alias}:{name}")
-
-    @property
-    def cache(self) -> BaseCache:
-        return caches[self.alias]
-
-    def _read(self) -> list[dict[str, Any]]:
-        return list(self.cache.get(self.key) or [])
-
-    def _write(self, entries: list[dict[str, Any]]) -> None:
-        if entries:
-            self.cache.set(self.key, entries, None)
-        else:
-            self.cache.delete(self.key)
-
-    def append(self, entry: dict[str, Any]) -> None:
-        with self.lock:
-            self._write([*self._read(), entry])
-
-    def __len__(self) -> int:
-        return len(self._read())
-
-    @contextlib.contextmanager
-    def taken(self) -> Iterator[list[dict[str, Any]]]:
-        with self.lock:
-            entries = self._read()
-            try:
-                yield entries
-            finally:
-                self._write(entries)
-
-
-class FileJournal(Journal):
-    """A journal in a local file: one pickled entry per line, appended under ``flock``, so
-    every process of the node (and ``manage.py replay_cache_journal``) shares it."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.location = f"file {str(self.path)!r}"
-        self.lock = _lock(f"file:{self.path}")
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[Any]:
-        with self.lock:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
-                         0o600)
-            with open(fd, "r+b") as fh:
-                # Entries are unpickled on replay: refuse a file anyone else could write.
-                st = os.fstat(fd)
-                if st.st_uid != os.getuid() or st.st_mode & 0o022:
-                    raise PermissionError(f"journal file {str(self.path)!r} is writable by "
-                                          "another user; remove it or set JOURNAL_FILE")
-                if fcntl is not None:
-                    fcntl.flock(fh, fcntl.LOCK_EX)
-                yield fh
-
-    def append(self, entry: dict[str, Any]) -> None:
-        with self._locked() as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.write(_line(entry))
-
-    def __len__(self) -> int:
-        try:
-            with open(self.path, "rb") as fh:
-                return sum(1 for line in fh if line.strip())
-        except FileNotFoundError:
-            return 0
-
-    def __bool__(self) -> bool:  # Cheap: every write asks whether a replay is due.
-        try:
-            return self.path.stat().st_size > 0
-        except FileNotFoundError:
-            return False
-
-    @contextlib.contextmanager
-    def taken(self) -> Iterator[list[dict[str, Any]]]:
-        with self._locked() as fh:
-            entries = [pickle.loads(base64.b64decode(line)) for line in fh if line.strip()]
-            try:
-                yield entries
-            finally:
-                fh.seek(0)
-                fh.truncate()
-                fh.writelines(_line(e) for e in entries)
-
-
-def _line(entry: dict[str, Any]) -> bytes:
-    return base64.b64encode(pickle.dumps(entry, pickle.HIGHEST_PROTOCOL)) + b"\n"
-
-
-# -- the backend -------------------------------------------------------------------------------
+    def get_client(self, write: bool = True) -> redis.Redis:
+        backend: Any = caches[self.cache.redis_alias(write)]
+        return backend.client.get_client(write)  # type: ignore[no-any-return]
 
 
 class MasterReplicaCache(BaseCache):
     """A Django cache that reads from a node-local Redis replica and writes to the master.
 
-    ``OPTIONS`` (see :data:`OPTION_DEFAULTS`):
+    ``OPTIONS`` (see :class:`~distinct_counter.cache.conf.CacheOptions`):
 
     ``MASTER`` / ``REPLICA``
         Aliases of two django-redis caches in ``CACHES``: the master and this node's replica
@@ -293,21 +91,22 @@ class MasterReplicaCache(BaseCache):
     def __init__(self, location: str, params: dict[str, Any]) -> None:
         # Never raise here: Django's own checks build every cache, and a misconfiguration is
         # reported by this app's checks (distinct_counter.E020-E029) instead of a traceback.
-        options: dict[str, Any] = {**OPTION_DEFAULTS, **params.get("OPTIONS", {})}
-        self.master_alias: str = options["MASTER"]
-        self.replica_alias: str = options["REPLICA"]
-        self.local_alias: str | None = options["LOCAL"]
+        options = CacheOptions(options=params.get("OPTIONS") or {})
+        self.master_alias: str = options.value_or("MASTER", "")
+        self.replica_alias: str = options.value_or("REPLICA", "")
+        self.local_alias: str | None = options.value_or("LOCAL", None)
         master_params = settings.CACHES.get(self.master_alias, {})
         super().__init__({k: master_params[k] for k in KEY_SETTINGS if k in master_params})
-        self.local_ttl = _seconds(options["LOCAL_TTL"], OPTION_DEFAULTS["LOCAL_TTL"])
-        self.replay_mode: str = options["REPLAY"]
-        self.retry_interval = _seconds(options["RETRY_INTERVAL"], conf.RETRY_INTERVAL)
+        self.local_ttl: float = options.value_or("LOCAL_TTL", 5.0)
+        self.replay_mode: str = options.value_or("REPLAY", "delete")
+        self.retry_interval: float | None = options.value_or("RETRY_INTERVAL", None)
+        self.client = _Client(self)
         name = f"{self.master_alias}.{self.replica_alias}"
         if self.local_alias:
             self.journal: Journal = CacheJournal(self.local_alias, name)
         else:
-            path = options["JOURNAL_FILE"] or _default_journal_file(self.master_alias,
-                                                                    master_params)
+            path = options.value_or("JOURNAL_FILE", None) or _default_journal_file(
+                self.master_alias, master_params)
             self.journal = FileJournal(path)
 
     # -- plumbing
@@ -317,12 +116,17 @@ class MasterReplicaCache(BaseCache):
         return self.master_alias if write else self.replica_alias
 
     @property
-    def _master(self) -> _Breaker:
-        return _breaker(self.master_alias, "master", self.retry_interval)
+    def _master(self) -> Breaker:
+        return self._breaker(self.master_alias, "master", "writes are journaled")
 
     @property
-    def _replica(self) -> _Breaker:
-        return _breaker(self.replica_alias, "replica", self.retry_interval)
+    def _replica(self) -> Breaker:
+        return self._breaker(self.replica_alias, "replica", "reads go to the master")
+
+    def _breaker(self, alias: str, role: str, consequence: str) -> Breaker:
+        gate = breaker(alias, f"Cache {role}", consequence)
+        gate.interval = self.retry_interval
+        return gate
 
     def _timeout(self, timeout: Any) -> float | None:
         return self.default_timeout if timeout is DEFAULT_TIMEOUT else timeout
@@ -554,114 +358,6 @@ def _apply(master: BaseCache, entry: dict[str, Any], mode: str) -> None:
         raise ValueError(f"unknown journal entry {entry!r}")
 
 
-def _seconds(value: Any, default: Any) -> float:
-    try:
-        return float(default if value is None else value)
-    except (TypeError, ValueError):
-        return float(default)
-
-
 def _default_journal_file(master: str, params: dict[str, Any]) -> Path:
     where = hashlib.sha1(repr((master, params.get("LOCATION"))).encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"distinct_counter-cache-journal-{master}-{where}"
-
-
-# -- the management commands' API --------------------------------------------------------------
-
-
-def node_aliases() -> list[str]:
-    """The aliases in ``CACHES`` whose backend is a MasterReplicaCache."""
-    return [alias for alias, cfg in settings.CACHES.items() if _is_node(cfg)]
-
-
-def _is_node(cfg: dict[str, Any]) -> bool:
-    path = cfg.get("BACKEND", "")
-    if path == BACKEND:
-        return True
-    try:
-        backend = import_string(path)
-    except ImportError:
-        return False
-    return isinstance(backend, type) and issubclass(backend, MasterReplicaCache)
-
-
-def node(alias: str) -> MasterReplicaCache:
-    """The MasterReplicaCache ``CACHES[alias]``.
-
-    :raises ValueError: ``alias`` is not in ``CACHES`` or is not a MasterReplicaCache.
-    """
-    if alias not in settings.CACHES or not _is_node(settings.CACHES[alias]):
-        known = ", ".join(node_aliases()) or "none"
-        raise ValueError(f"{alias!r} is not a {BACKEND} in CACHES; those are: {known}")
-    return caches[alias]  # type: ignore[return-value]
-
-
-@dataclass
-class ReplayResult:
-    """What :func:`replay_journal` did: writes ``replayed`` and ``left`` in the journal at
-    ``location``."""
-
-    alias: str
-    replayed: int
-    left: int
-    location: str
-
-    @property
-    def ok(self) -> bool:
-        return self.left == 0
-
-
-def replay_journal(alias: str) -> ReplayResult:
-    """Replay the journal of the MasterReplicaCache ``alias`` on its master now, in order.
-
-    Stops at the first write the master fails to take; ``left`` counts what is kept for
-    later. Raises nothing for a Redis failure.
-    """
-    cache = node(alias)
-    before = len(cache.journal)
-    cache._replay()
-    left = len(cache.journal)
-    return ReplayResult(alias, max(before - left, 0), left, cache.journal.location)
-
-
-def _info(alias: str) -> dict[str, Any]:
-    try:
-        return dict(get_client(alias).info("replication"))
-    except REDIS_ERRORS as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
-
-
-def _server(alias: str) -> dict[str, Any]:
-    return {"alias": alias, "location": settings.CACHES[alias].get("LOCATION")}
-
-
-def cache_status(alias: str) -> dict[str, Any]:
-    """The state of the MasterReplicaCache ``alias``, as its servers report it.
-
-    ``master``: whether it is up, its replication offset and the replicas it feeds (address,
-    state, offset, ``lag`` in bytes behind the master); ``replica``: this node's replica,
-    its link to the master (``"up"``/``"down"``) and its lag; ``journal``: the writes
-    waiting for the master. A server that does not answer has ``up`` False and ``error``.
-    """
-    cache = node(alias)
-    info = _info(cache.master_alias)
-    offset = info.get("master_repl_offset")
-    master: dict[str, Any] = {**_server(cache.master_alias), "up": "error" not in info,
-                              "role": info.get("role"), "offset": offset,
-                              "error": info.get("error"), "replicas": []}
-    for name, value in sorted(info.items()):
-        if name.startswith("slave") and isinstance(value, dict):
-            replica_offset = int(value.get("offset", 0))
-            master["replicas"].append({
-                "address": f"{value.get('ip')}:{value.get('port')}",
-                "state": value.get("state"), "offset": replica_offset,
-                "lag": None if offset is None else int(offset) - replica_offset,
-            })
-    rinfo = _info(cache.replica_alias)
-    roffset = rinfo.get("slave_repl_offset", rinfo.get("master_repl_offset"))
-    replica = {**_server(cache.replica_alias), "up": "error" not in rinfo,
-               "role": rinfo.get("role"), "link": rinfo.get("master_link_status"),
-               "offset": roffset, "error": rinfo.get("error"),
-               "lag": None if offset is None or roffset is None else int(offset) - int(roffset)}
-    return {"alias": alias, "master": master, "replica": replica,
-            "journal": {"entries": len(cache.journal), "location": cache.journal.location}}

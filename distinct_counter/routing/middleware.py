@@ -6,7 +6,7 @@ what they just saved. Add it near the top of ``MIDDLEWARE``, before anything tha
 
     MIDDLEWARE = [
         "django.middleware.security.SecurityMiddleware",
-        "distinct_counter.middleware.PinPrimaryMiddleware",
+        "distinct_counter.routing.middleware.PinPrimaryMiddleware",
         ...
     ]
 """
@@ -21,17 +21,17 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 
-from distinct_counter.conf import conf
-from distinct_counter.routers import Scope, routing_scope
+from distinct_counter.routing.conf import conf
+from distinct_counter.routing.context import Scope, routing_scope
 
 __all__ = ["PinPrimaryMiddleware"]
 
 
 class PinPrimaryMiddleware:
-    """Route each request's reads with :class:`~distinct_counter.routers.PrimaryReplicaRouter`
+    """Route each request's reads with :class:`~distinct_counter.routing.router.PrimaryReplicaRouter`
     consistently with the client's recent writes.
 
-    Every request runs in its own :func:`~distinct_counter.routers.routing_scope`: once it
+    Every request runs in its own :func:`~distinct_counter.routing.context.routing_scope`: once it
     writes, its later reads go to the primary. A response to a request that wrote carries the
     cookie ``PIN_COOKIE`` (lifetime ``PIN_SECONDS``; attributes ``PIN_COOKIE_SECURE``,
     ``PIN_COOKIE_HTTPONLY``, ``PIN_COOKIE_SAMESITE``), and requests bearing it read from the
@@ -72,12 +72,12 @@ def _pinned(request: HttpRequest) -> bool:
 
 def _remember(scope: Scope | None, response: HttpResponseBase) -> HttpResponseBase:
     if scope is not None and scope.wrote:
-        seconds = float(conf.PIN_SECONDS)
-        samesite = conf.PIN_COOKIE_SAMESITE or None
+        seconds = conf.PIN_SECONDS
+        samesite = conf.PIN_COOKIE_SAMESITE
         response.set_cookie(
             conf.PIN_COOKIE, f"{time.time() + seconds:.3f}",
             # Whole seconds in the Max-Age attribute: never shorter than asked.
-            max_age=max(1, math.ceil(seconds)), secure=bool(conf.PIN_COOKIE_SECURE),
-            httponly=bool(conf.PIN_COOKIE_HTTPONLY), samesite=samesite,
+            max_age=max(1, math.ceil(seconds)), secure=conf.PIN_COOKIE_SECURE,
+            httponly=conf.PIN_COOKIE_HTTPONLY, samesite=samesite,
         )
     return response
