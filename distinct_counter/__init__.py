@@ -14,9 +14,21 @@ if TYPE_CHECKING:
     from distinct_counter.api import *  # noqa: F403
 
 _API = {
-    "CountResult", "CountedManager", "CountedModel", "CountedQuerySet", "Counter",
-    "CounterUnavailable", "DistinctCount", "DistinctCounterError", "Drift", "NotCounted",
-    "RebuildInProgress", "RebuildResult", "check", "counters", "rebuild",
+    "CountResult",
+    "CountedManager",
+    "CountedModel",
+    "CountedQuerySet",
+    "Counter",
+    "CounterUnavailable",
+    "DistinctCount",
+    "DistinctCounterError",
+    "Drift",
+    "NotCounted",
+    "RebuildInProgress",
+    "RebuildResult",
+    "check",
+    "counters",
+    "rebuild",
 }
 
 

@@ -59,10 +59,14 @@ def counters(*names: str | Counter, stale: bool = False) -> list[Counter]:
     return selected
 
 
-def rebuild(*names: str | Counter, using: str | None = None, stale: bool = False,
-            progress: Progress | None = None) -> list[RebuildResult]:
+def rebuild(
+    *names: str | Counter,
+    using: str | None = None,
+    stale: bool = False,
+    progress: Progress | None = None,
+) -> list[RebuildResult]:
     """Rebuild the counters named (see :func:`counters`) from the database, one after the
-    other, safely while writers keep writing (how: :func:`distinct_counter.counting.rebuild.rebuild`).
+    other, safely while writers keep writing (how: see :doc:`operations`).
 
     ``using``: the database alias to read (a replica, say); default: the router's choice.
     ``progress(counter, rows, values)`` is called as batches are stored.

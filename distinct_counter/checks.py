@@ -61,9 +61,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     known = {*CountingSettings.options(), *RoutingSettings.options()}
     unknown = unknown_keys(counting_conf.raw(), known)
     if unknown:
-        errors.append(checks.Error(
-            f"DISTINCT_COUNTER has unknown keys: {', '.join(unknown)}.",
-            hint=f"Known keys: {', '.join(sorted(known))}.", id="distinct_counter.E009"))
+        errors.append(
+            checks.Error(
+                f"DISTINCT_COUNTER has unknown keys: {', '.join(unknown)}.",
+                hint=f"Known keys: {', '.join(sorted(known))}.",
+                id="distinct_counter.E009",
+            )
+        )
     return errors
 
 

@@ -32,8 +32,7 @@ class Option(Generic[T]):
 
     name: str
 
-    def __init__(self, default: Any, parse: Callable[[Any], T], check_id: str,
-                 hint: str) -> None:
+    def __init__(self, default: Any, parse: Callable[[Any], T], check_id: str, hint: str) -> None:
         self.default = default
         self.parse = parse
         self.check_id = check_id
@@ -192,8 +191,7 @@ def database_errors(keys: dict[str, str | None]) -> list[checks.CheckMessage]:
     """``distinct_counter.E006`` for each ``DISTINCT_COUNTER`` key naming an unknown database."""
     return [
         checks.Error(
-            f"DISTINCT_COUNTER[{key!r}] names the database {alias!r}, which is not in "
-            "DATABASES.",
+            f"DISTINCT_COUNTER[{key!r}] names the database {alias!r}, which is not in DATABASES.",
             hint=f"Use one of: {', '.join(django_settings.DATABASES)}.",
             id="distinct_counter.E006",
         )

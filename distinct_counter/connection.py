@@ -102,8 +102,12 @@ class Breaker:
     opens; the recovery is logged when it closes.
     """
 
-    def __init__(self, alias: str, role: str = "Redis of cache",
-                 consequence: str = "counters it misses are marked stale") -> None:
+    def __init__(
+        self,
+        alias: str,
+        role: str = "Redis of cache",
+        consequence: str = "counters it misses are marked stale",
+    ) -> None:
         self.alias = alias
         self.role = role
         self.consequence = consequence
@@ -122,8 +126,15 @@ class Breaker:
         self.failed = True
         self.open_until = time.monotonic() + interval
         if first:
-            logger.error("%s %r failed: %s: %s; %s, retrying every %ss", self.role, self.alias,
-                         type(exc).__name__, exc, self.consequence, interval)
+            logger.error(
+                "%s %r failed: %s: %s; %s, retrying every %ss",
+                self.role,
+                self.alias,
+                type(exc).__name__,
+                exc,
+                self.consequence,
+                interval,
+            )
         else:
             logger.debug("%s %r still failing: %r", self.role, self.alias, exc)
 
@@ -136,8 +147,11 @@ class Breaker:
         return True
 
 
-def breaker(alias: str, role: str = "Redis of cache",
-            consequence: str = "counters it misses are marked stale") -> Breaker:
+def breaker(
+    alias: str,
+    role: str = "Redis of cache",
+    consequence: str = "counters it misses are marked stale",
+) -> Breaker:
     """The process's breaker of ``alias`` in ``role``: per process, not per cache instance,
     since Django builds one cache instance per thread, and a server that failed for one
     thread failed for all of them."""

@@ -36,9 +36,11 @@ class CountedModel(models.Model):
         """Save, locking the row first when an update may change a counted value (or its
         absence, for an insert of an explicit pk)."""
         update_fields = kwargs.get("update_fields", args[3] if len(args) > 3 else None)
-        fresh = self._state.adding and self._meta.pk.has_default()  # type: ignore[union-attr]
-        if self.pk is None or fresh or (
-            update_fields is not None and not touched(type(self), update_fields)
+        fresh = self._state.adding and self._meta.pk.has_default()
+        if (
+            self.pk is None
+            or fresh
+            or (update_fields is not None and not touched(type(self), update_fields))
         ):
             return super().save(*args, **kwargs)
         using = kwargs.get("using", args[2] if len(args) > 2 else None)

@@ -22,11 +22,13 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
 
 
 def test_settings_page_documents_every_setting() -> None:
-    from distinct_counter.cache import OPTION_DEFAULTS
-    from distinct_counter.conf import DEFAULTS
+    from distinct_counter.cache.conf import CacheOptions
+    from distinct_counter.counting.conf import CountingSettings
+    from distinct_counter.routing.conf import RoutingSettings
 
     text = (DOCS / "settings.rst").read_text()
-    missing = [k for k in [*DEFAULTS, *OPTION_DEFAULTS] if f"``{k}``" not in text]
+    keys = [*CountingSettings.options(), *RoutingSettings.options(), *CacheOptions.options()]
+    missing = [k for k in keys if f"``{k}``" not in text]
     assert not missing, f"docs/settings.rst does not document {missing}"
 
 

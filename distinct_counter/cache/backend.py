@@ -13,11 +13,8 @@ master, which fans it out to every replica. Its ``OPTIONS`` name other caches of
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import tempfile
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -27,7 +24,13 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django_redis.exceptions import ConnectionInterrupted
 
 from distinct_counter.cache.conf import CacheOptions
-from distinct_counter.cache.journal import CacheJournal, FileJournal, Journal
+from distinct_counter.cache.journal import (
+    CacheJournal,
+    FileJournal,
+    Journal,
+    default_journal_file,
+    replay_entry,
+)
 from distinct_counter.connection import REDIS_ERRORS, Breaker, breaker
 
 __all__ = ["MasterReplicaCache"]
@@ -105,8 +108,9 @@ class MasterReplicaCache(BaseCache):
         if self.local_alias:
             self.journal: Journal = CacheJournal(self.local_alias, name)
         else:
-            path = options.value_or("JOURNAL_FILE", None) or _default_journal_file(
-                self.master_alias, master_params)
+            path = options.value_or("JOURNAL_FILE", None) or default_journal_file(
+                self.master_alias, master_params
+            )
             self.journal = FileJournal(path)
 
     # -- plumbing
@@ -131,8 +135,9 @@ class MasterReplicaCache(BaseCache):
     def _timeout(self, timeout: Any) -> float | None:
         return self.default_timeout if timeout is DEFAULT_TIMEOUT else timeout
 
-    def _read(self, call: Callable[[BaseCache], Any], failed: Any,
-              master_first: bool = False) -> Any:
+    def _read(
+        self, call: Callable[[BaseCache], Any], failed: Any, master_first: bool = False
+    ) -> Any:
         """``call`` on the replica, else on the master; ``failed`` when both fail."""
         order = [(self.replica_alias, self._replica), (self.master_alias, self._master)]
         for alias, gate in order[::-1] if master_first else order:
@@ -165,8 +170,12 @@ class MasterReplicaCache(BaseCache):
         try:
             self.journal.append(entry)
         except OSError as exc:  # The request goes on; the loss is loud.
-            logger.error("Cache write %s of %r lost: the master is down and the journal "
-                         "failed: %s", entry["op"], entry.get("key", entry.get("keys")), exc)
+            logger.error(
+                "Cache write %s of %r lost: the master is down and the journal failed: %s",
+                entry["op"],
+                entry.get("key", entry.get("keys")),
+                exc,
+            )
         return False, None
 
     def _replay(self) -> bool:
@@ -177,7 +186,7 @@ class MasterReplicaCache(BaseCache):
                 return True
             while entries:
                 try:
-                    _apply(master, entries[0], self.replay_mode)
+                    replay_entry(master, entries[0], self.replay_mode)
                 except CACHE_ERRORS as exc:
                     self._master.failure(exc)
                     return False
@@ -187,8 +196,14 @@ class MasterReplicaCache(BaseCache):
 
     # -- LOCAL: read-your-writes
 
-    def _remember(self, key: str, version: int | None, value: Any = None,
-                  timeout: Any = DEFAULT_TIMEOUT, deleted: bool = False) -> None:
+    def _remember(
+        self,
+        key: str,
+        version: int | None,
+        value: Any = None,
+        timeout: Any = DEFAULT_TIMEOUT,
+        deleted: bool = False,
+    ) -> None:
         if not self.local_alias:
             return
         timeout = self._timeout(timeout)
@@ -247,43 +262,73 @@ class MasterReplicaCache(BaseCache):
         entry = self._remembered([key], version).get(key)
         if entry is not None and entry[0] == _DELETED:
             return 0
-        return self._read(lambda c: c.ttl(key, version=version), 0,  # type: ignore[attr-defined]
-                          master_first=entry is not None)
+        ttl: int | None = self._read(
+            lambda c: c.ttl(key, version=version),  # type: ignore[attr-defined]
+            0,
+            master_first=entry is not None,
+        )
+        return ttl
 
     # -- writes
 
-    def set(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT,
-            version: int | None = None) -> None:
-        self._write(lambda c: c.set(key, value, timeout, version=version),
-                    {"op": "set", "key": key, "version": version, "value": value,
-                     "timeout": self._timeout(timeout)})
+    def set(
+        self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> None:
+        self._write(
+            lambda c: c.set(key, value, timeout, version=version),
+            {
+                "op": "set",
+                "key": key,
+                "version": version,
+                "value": value,
+                "timeout": self._timeout(timeout),
+            },
+        )
         self._remember(key, version, value, timeout)
 
-    def add(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT,
-            version: int | None = None) -> bool:
-        sent, added = self._write(lambda c: c.add(key, value, timeout, version=version),
-                                  {"op": "set", "key": key, "version": version, "value": value,
-                                   "timeout": self._timeout(timeout)})
+    def add(
+        self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> bool:
+        sent, added = self._write(
+            lambda c: c.add(key, value, timeout, version=version),
+            {
+                "op": "set",
+                "key": key,
+                "version": version,
+                "value": value,
+                "timeout": self._timeout(timeout),
+            },
+        )
         if not sent:  # Journaled: answer from what this node reads.
             added = not self.has_key(key, version)
         if added:
             self._remember(key, version, value, timeout)
         return bool(added)
 
-    def set_many(self, data: dict[str, Any], timeout: Any = DEFAULT_TIMEOUT,
-                 version: int | None = None) -> list[str]:
+    def set_many(
+        self, data: dict[str, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> list[str]:
         if not data:
             return []
-        self._write(lambda c: c.set_many(data, timeout, version=version),
-                    {"op": "set_many", "data": dict(data), "keys": list(data),
-                     "version": version, "timeout": self._timeout(timeout)})
+        self._write(
+            lambda c: c.set_many(data, timeout, version=version),
+            {
+                "op": "set_many",
+                "data": dict(data),
+                "keys": list(data),
+                "version": version,
+                "timeout": self._timeout(timeout),
+            },
+        )
         for key, value in data.items():
             self._remember(key, version, value, timeout)
         return []
 
     def delete(self, key: str, version: int | None = None) -> bool:
-        sent, deleted = self._write(lambda c: c.delete(key, version=version),
-                                    {"op": "delete", "key": key, "version": version})
+        sent, deleted = self._write(
+            lambda c: c.delete(key, version=version),
+            {"op": "delete", "key": key, "version": version},
+        )
         if not sent:
             deleted = self.has_key(key, version)
         self._remember(key, version, deleted=True)
@@ -293,14 +338,18 @@ class MasterReplicaCache(BaseCache):
         keys = list(keys)
         if not keys:
             return
-        self._write(lambda c: c.delete_many(keys, version=version),
-                    {"op": "delete_many", "keys": keys, "version": version})
+        self._write(
+            lambda c: c.delete_many(keys, version=version),
+            {"op": "delete_many", "keys": keys, "version": version},
+        )
         for key in keys:
             self._remember(key, version, deleted=True)
 
     def incr(self, key: str, delta: int = 1, version: int | None = None) -> int:
-        sent, value = self._write(lambda c: c.incr(key, delta, version=version),
-                                  {"op": "delete", "key": key, "version": version})
+        sent, value = self._write(
+            lambda c: c.incr(key, delta, version=version),
+            {"op": "delete", "key": key, "version": version},
+        )
         if not sent:
             # The master is down: answer from what this node reads; the journal deletes the
             # key on replay, as the master's count cannot be known.
@@ -319,9 +368,10 @@ class MasterReplicaCache(BaseCache):
         timeout = self._timeout(timeout)
         if timeout is not None and timeout <= 0:
             return self.delete(key, version)
-        sent, touched = self._write(lambda c: c.touch(key, timeout, version=version),
-                                    {"op": "touch", "key": key, "version": version,
-                                     "timeout": timeout})
+        sent, touched = self._write(
+            lambda c: c.touch(key, timeout, version=version),
+            {"op": "touch", "key": key, "version": version, "timeout": timeout},
+        )
         return bool(touched) if sent else self.has_key(key, version)
 
     def clear(self) -> None:
@@ -333,31 +383,3 @@ class MasterReplicaCache(BaseCache):
                 caches[self.local_alias].clear()
                 entries[:] = kept
             caches[self.local_alias].set(self._cleared_key, True, self.local_ttl)
-
-
-def _apply(master: BaseCache, entry: dict[str, Any], mode: str) -> None:
-    """Replay one journal entry on the master."""
-    op, version = entry["op"], entry.get("version")
-    if op == "clear":
-        master.clear()
-    elif op == "delete":
-        master.delete(entry["key"], version=version)
-    elif op == "delete_many":
-        master.delete_many(entry["keys"], version=version)
-    elif op == "touch":
-        master.touch(entry["key"], entry["timeout"], version=version)
-    elif op in ("set", "set_many"):
-        data = entry.get("data") or ({entry["key"]: entry["value"]} if "value" in entry else {})
-        for key in entry.get("keys") or [entry["key"]]:
-            # Only where the master holds no value: one it holds may be newer than ours.
-            if mode == "set" and key in data and master.add(key, data[key], entry["timeout"],
-                                                            version=version):
-                continue
-            master.delete(key, version=version)
-    else:  # pragma: no cover - written by this module only
-        raise ValueError(f"unknown journal entry {entry!r}")
-
-
-def _default_journal_file(master: str, params: dict[str, Any]) -> Path:
-    where = hashlib.sha1(repr((master, params.get("LOCATION"))).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"distinct_counter-cache-journal-{master}-{where}"

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import os
 import pickle
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,14 +111,15 @@ class FileJournal(Journal):
     @contextlib.contextmanager
     def _locked(self) -> Iterator[Any]:
         with self.lock:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
-                         0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
             with open(fd, "r+b") as fh:
                 # Entries are unpickled on replay: refuse a file anyone else could write.
                 st = os.fstat(fd)
                 if st.st_uid != os.getuid() or st.st_mode & 0o022:
-                    raise PermissionError(f"journal file {str(self.path)!r} is writable by "
-                                          "another user; remove it or set JOURNAL_FILE")
+                    raise PermissionError(
+                        f"journal file {str(self.path)!r} is writable by "
+                        "another user; remove it or set JOURNAL_FILE"
+                    )
                 if fcntl is not None:
                     fcntl.flock(fh, fcntl.LOCK_EX)
                 yield fh
@@ -153,3 +156,34 @@ class FileJournal(Journal):
 
 def _line(entry: dict[str, Any]) -> bytes:
     return base64.b64encode(pickle.dumps(entry, pickle.HIGHEST_PROTOCOL)) + b"\n"
+
+
+def replay_entry(master: BaseCache, entry: dict[str, Any], mode: str) -> None:
+    """Replay one journal entry on the master."""
+    op, version = entry["op"], entry.get("version")
+    if op == "clear":
+        master.clear()
+    elif op == "delete":
+        master.delete(entry["key"], version=version)
+    elif op == "delete_many":
+        master.delete_many(entry["keys"], version=version)
+    elif op == "touch":
+        master.touch(entry["key"], entry["timeout"], version=version)
+    elif op in ("set", "set_many"):
+        data = entry.get("data") or ({entry["key"]: entry["value"]} if "value" in entry else {})
+        for key in entry.get("keys") or [entry["key"]]:
+            # Only where the master holds no value: one it holds may be newer than ours.
+            if (
+                mode == "set"
+                and key in data
+                and master.add(key, data[key], entry["timeout"], version=version)
+            ):
+                continue
+            master.delete(key, version=version)
+    else:  # pragma: no cover - written by this module only
+        raise ValueError(f"unknown journal entry {entry!r}")
+
+
+def default_journal_file(master: str, params: dict[str, Any]) -> Path:
+    where = hashlib.sha1(repr((master, params.get("LOCATION"))).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"distinct_counter-cache-journal-{master}-{where}"

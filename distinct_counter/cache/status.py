@@ -16,6 +16,7 @@ from distinct_counter.connection import REDIS_ERRORS, get_client
 
 __all__ = ["ReplayResult", "cache_status", "node", "node_aliases", "nodes", "replay_journal"]
 
+
 def node(alias: str) -> MasterReplicaCache:
     """The MasterReplicaCache ``CACHES[alias]``.
 
@@ -88,22 +89,39 @@ def cache_status(alias: str) -> dict[str, Any]:
     cache = node(alias)
     info = _info(cache.master_alias)
     offset = info.get("master_repl_offset")
-    master: dict[str, Any] = {**_server(cache.master_alias), "up": "error" not in info,
-                              "role": info.get("role"), "offset": offset,
-                              "error": info.get("error"), "replicas": []}
+    master: dict[str, Any] = {
+        **_server(cache.master_alias),
+        "up": "error" not in info,
+        "role": info.get("role"),
+        "offset": offset,
+        "error": info.get("error"),
+        "replicas": [],
+    }
     for name, value in sorted(info.items()):
         if name.startswith("slave") and isinstance(value, dict):
             replica_offset = int(value.get("offset", 0))
-            master["replicas"].append({
-                "address": f"{value.get('ip')}:{value.get('port')}",
-                "state": value.get("state"), "offset": replica_offset,
-                "lag": None if offset is None else int(offset) - replica_offset,
-            })
+            master["replicas"].append(
+                {
+                    "address": f"{value.get('ip')}:{value.get('port')}",
+                    "state": value.get("state"),
+                    "offset": replica_offset,
+                    "lag": None if offset is None else int(offset) - replica_offset,
+                }
+            )
     rinfo = _info(cache.replica_alias)
     roffset = rinfo.get("slave_repl_offset", rinfo.get("master_repl_offset"))
-    replica = {**_server(cache.replica_alias), "up": "error" not in rinfo,
-               "role": rinfo.get("role"), "link": rinfo.get("master_link_status"),
-               "offset": roffset, "error": rinfo.get("error"),
-               "lag": None if offset is None or roffset is None else int(offset) - int(roffset)}
-    return {"alias": alias, "master": master, "replica": replica,
-            "journal": {"entries": len(cache.journal), "location": cache.journal.location}}
+    replica = {
+        **_server(cache.replica_alias),
+        "up": "error" not in rinfo,
+        "role": rinfo.get("role"),
+        "link": rinfo.get("master_link_status"),
+        "offset": roffset,
+        "error": rinfo.get("error"),
+        "lag": None if offset is None or roffset is None else int(offset) - int(roffset),
+    }
+    return {
+        "alias": alias,
+        "master": master,
+        "replica": replica,
+        "journal": {"entries": len(cache.journal), "location": cache.journal.location},
+    }

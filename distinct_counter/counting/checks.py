@@ -17,8 +17,10 @@ from distinct_counter.counting.registry import counted_models
 from distinct_counter.indexes.planner import has_index
 
 #: Caches the counters can use: django-redis's, and anything built on it.
-REDIS_BACKENDS = ("django_redis.cache.RedisCache",
-                  "distinct_counter.cache.backend.MasterReplicaCache")
+REDIS_BACKENDS = (
+    "django_redis.cache.RedisCache",
+    "distinct_counter.cache.backend.MasterReplicaCache",
+)
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -26,27 +28,30 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     errors = conf.errors()
     invalid = {e.id for e in errors}
     if "distinct_counter.E001" not in invalid:
-        for key in ("CACHE", "WRITE_CACHE"):
-            alias = getattr(conf, key)
-            if alias is None:
-                continue
-            if alias not in settings.CACHES:
-                errors.append(checks.Error(
-                    f"DISTINCT_COUNTER[{key!r}] names the cache {alias!r}, which is not in "
-                    "CACHES.",
-                    hint=f"Use one of: {', '.join(settings.CACHES)}; or add {alias!r} to CACHES.",
-                    id="distinct_counter.E001",
-                ))
-            elif not is_subclass_path(settings.CACHES[alias].get("BACKEND", ""),
-                                      *REDIS_BACKENDS):
-                errors.append(checks.Error(
-                    f"CACHES[{alias!r}] (DISTINCT_COUNTER[{key!r}]) is not a Redis cache.",
-                    hint="Use BACKEND 'django_redis.cache.RedisCache' with a redis:// LOCATION.",
-                    id="distinct_counter.E002",
-                ))
+        aliases = {"CACHE": conf.CACHE, "WRITE_CACHE": conf.WRITE_CACHE}
+        errors += [e for key, alias in aliases.items() if (e := _cache_error(key, alias))]
     if "distinct_counter.E006" not in invalid:
         errors += database_errors({"DATABASE": conf.DATABASE})
     return errors
+
+
+def _cache_error(key: str, alias: str | None) -> checks.CheckMessage | None:
+    """E001 for a cache alias missing from ``CACHES``, E002 for one that is not Redis."""
+    if alias is None:
+        return None
+    if alias not in settings.CACHES:
+        return checks.Error(
+            f"DISTINCT_COUNTER[{key!r}] names the cache {alias!r}, which is not in CACHES.",
+            hint=f"Use one of: {', '.join(settings.CACHES)}; or add {alias!r} to CACHES.",
+            id="distinct_counter.E001",
+        )
+    if not is_subclass_path(settings.CACHES[alias].get("BACKEND", ""), *REDIS_BACKENDS):
+        return checks.Error(
+            f"CACHES[{alias!r}] (DISTINCT_COUNTER[{key!r}]) is not a Redis cache.",
+            hint="Use BACKEND 'django_redis.cache.RedisCache' with a redis:// LOCATION.",
+            id="distinct_counter.E002",
+        )
+    return None
 
 
 def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -63,47 +68,62 @@ def check_model(model: type[models.Model]) -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
     fields = getattr(model, "counted_fields", ())
     if not isinstance(fields, (tuple, list)) or not all(isinstance(f, str) for f in fields):
-        errors.append(checks.Error(
-            f"{model._meta.label}.counted_fields must be a tuple or list of field names, "
-            f"not {fields!r}.",
-            hint='For example: counted_fields = ("city", "username")',
-            obj=model, id="distinct_counter.E003",
-        ))
+        errors.append(
+            checks.Error(
+                f"{model._meta.label}.counted_fields must be a tuple or list of field names, "
+                f"not {fields!r}.",
+                hint='For example: counted_fields = ("city", "username")',
+                obj=model,
+                id="distinct_counter.E003",
+            )
+        )
         return errors
     for name in fields:
         try:
             field = model._meta.get_field(name)
         except FieldDoesNotExist:
-            errors.append(checks.Error(
-                f"{model._meta.label}.counted_fields names {name!r}, which is not a field.",
-                hint="Fields: " + ", ".join(f.name for f in model._meta.concrete_fields),
-                obj=model, id="distinct_counter.E004",
-            ))
+            errors.append(
+                checks.Error(
+                    f"{model._meta.label}.counted_fields names {name!r}, which is not a field.",
+                    hint="Fields: " + ", ".join(f.name for f in model._meta.concrete_fields),
+                    obj=model,
+                    id="distinct_counter.E004",
+                )
+            )
             continue
         if field.many_to_many or not getattr(field, "concrete", False):
-            errors.append(checks.Error(
-                f"{model._meta.label}.{name} cannot be counted: it is not a column of the "
-                "model's table (many-to-many, reverse relation or generic).",
-                hint="Count a concrete field; for a many-to-many, count a field of the "
-                     "through model.",
-                obj=model, id="distinct_counter.E005",
-            ))
+            errors.append(
+                checks.Error(
+                    f"{model._meta.label}.{name} cannot be counted: it is not a column of the "
+                    "model's table (many-to-many, reverse relation or generic).",
+                    hint="Count a concrete field; for a many-to-many, count a field of the "
+                    "through model.",
+                    obj=model,
+                    id="distinct_counter.E005",
+                )
+            )
             continue
         if not has_index(model, field):  # type: ignore[arg-type]
-            errors.append(checks.Warning(
-                f"{model._meta.label}.{name} is counted but has no database index; "
-                "rebuilds and database fallbacks will scan the whole table.",
-                hint="Add an index without locking writes: manage.py counted_indexes "
-                     f"{model._meta.app_label} writes a CreateIndexConcurrently migration.",
-                obj=model, id="distinct_counter.W001",
-            ))
+            errors.append(
+                checks.Warning(
+                    f"{model._meta.label}.{name} is counted but has no database index; "
+                    "rebuilds and database fallbacks will scan the whole table.",
+                    hint="Add an index without locking writes: manage.py counted_indexes "
+                    f"{model._meta.app_label} writes a CreateIndexConcurrently migration.",
+                    obj=model,
+                    id="distinct_counter.W001",
+                )
+            )
     manager = model._default_manager
     if not isinstance(manager.get_queryset(), CountedQuerySet):
-        errors.append(checks.Warning(
-            f"{model._meta.label}'s default manager {manager.name!r} does not return a "
-            "CountedQuerySet: its bulk_create/update/delete would not be counted.",
-            hint="Base the manager on distinct_counter.api.CountedQuerySet, e.g. "
-                 "CountedManager or MyQuerySet(CountedQuerySet).as_manager().",
-            obj=model, id="distinct_counter.W002",
-        ))
+        errors.append(
+            checks.Warning(
+                f"{model._meta.label}'s default manager {manager.name!r} does not return a "
+                "CountedQuerySet: its bulk_create/update/delete would not be counted.",
+                hint="Base the manager on distinct_counter.api.CountedQuerySet, e.g. "
+                "CountedManager or MyQuerySet(CountedQuerySet).as_manager().",
+                obj=model,
+                id="distinct_counter.W002",
+            )
+        )
     return errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from django.db import connections, transaction
 
@@ -52,11 +53,12 @@ def record(using: str, deltas: Deltas) -> None:
         return
     part = _Part(deltas)
     transaction.on_commit(part, using=using)
-    hooks = conn.run_on_commit
+    hooks: list[Any] = conn.run_on_commit
     # Django stores hooks as (savepoint ids, func, robust). Ours is normally just before the
     # part appended above; another app's hook in between makes us look further.
-    index = next((i for i in range(len(hooks) - 2, -1, -1) if isinstance(hooks[i][1], _Batch)),
-                 None)
+    index = next(
+        (i for i in range(len(hooks) - 2, -1, -1) if isinstance(hooks[i][1], _Batch)), None
+    )
     entry = hooks.pop(index) if index is not None else (set(), _Batch(), False)
     hooks.append(entry)
     part.batch = entry[1]
@@ -67,8 +69,11 @@ def stale_on_commit(using: str, counters: Sequence[Counter], reason: str) -> Non
     a write whose effect on them cannot be known."""
 
     def mark() -> None:
-        logger.warning("counters %s marked stale: %s; run manage.py rebuild_counts",
-                       ", ".join(c.label for c in counters), reason)
+        logger.warning(
+            "counters %s marked stale: %s; run manage.py rebuild_counts",
+            ", ".join(c.label for c in counters),
+            reason,
+        )
         stale.mark(counters, reason)
 
     transaction.on_commit(mark, using=using)

@@ -27,19 +27,34 @@ class CountingSettings(RedisSettings):
 
     CACHE = Option("default", text, "distinct_counter.E001", _CACHE_HINT)
     WRITE_CACHE = Option(None, optional(text), "distinct_counter.E001", _CACHE_HINT)
-    KEY_PREFIX = Option("distinct_counter", text, "distinct_counter.E008",
-                        "Use a non-empty string, e.g. 'distinct_counter'.")
-    FALLBACK = Option("database", choice(*FALLBACK_CHOICES), "distinct_counter.E007",
-                      "Use one of: 'database', 'raise'.")
-    DATABASE = Option(None, optional(text), "distinct_counter.E006",
-                      "Use the alias of a database in DATABASES, or None.")
-    ON_ERROR = Option("log", choice(*ON_ERROR_CHOICES), "distinct_counter.E007",
-                      "Use one of: 'log', 'raise'.")
-    REBUILD_BATCH_SIZE = Option(5000, positive_int, "distinct_counter.E008",
-                                "Use a positive integer, e.g. 5000.")
+    KEY_PREFIX = Option(
+        "distinct_counter",
+        text,
+        "distinct_counter.E008",
+        "Use a non-empty string, e.g. 'distinct_counter'.",
+    )
+    FALLBACK = Option(
+        "database",
+        choice(*FALLBACK_CHOICES),
+        "distinct_counter.E007",
+        "Use one of: 'database', 'raise'.",
+    )
+    DATABASE = Option(
+        None,
+        optional(text),
+        "distinct_counter.E006",
+        "Use the alias of a database in DATABASES, or None.",
+    )
+    ON_ERROR = Option(
+        "log", choice(*ON_ERROR_CHOICES), "distinct_counter.E007", "Use one of: 'log', 'raise'."
+    )
+    REBUILD_BATCH_SIZE = Option(
+        5000, positive_int, "distinct_counter.E008", "Use a positive integer, e.g. 5000."
+    )
     REBUILD_GRACE = Option(0.5, positive_number, "distinct_counter.E008", _SECONDS)
-    REBUILD_SETTLE = Option(30.0, non_negative_number, "distinct_counter.E008",
-                            "Use a number of seconds, 0 or more.")
+    REBUILD_SETTLE = Option(
+        30.0, non_negative_number, "distinct_counter.E008", "Use a number of seconds, 0 or more."
+    )
 
     @property
     def write_cache(self) -> str:

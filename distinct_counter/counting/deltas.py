@@ -27,8 +27,9 @@ def merge(into: Deltas, deltas: Deltas) -> None:
             mine[value] = mine.get(value, 0) + delta
 
 
-def between(counters: Sequence[Counter], old: Sequence[Any] | None,
-            new: Sequence[Any] | None) -> Deltas:
+def between(
+    counters: Sequence[Counter], old: Sequence[Any] | None, new: Sequence[Any] | None
+) -> Deltas:
     """The deltas of one row going from ``old`` to ``new`` values of ``counters`` (None: no
     row)."""
     deltas: Deltas = {}
@@ -65,8 +66,12 @@ def send(deltas: Deltas) -> None:
                 args: list[Any] = []
                 for value, delta in values.items():
                     args += [value, delta]
-                keys = [counter.key("values"), counter.key("meta"),
-                        counter.key("journal_on"), counter.key("journal")]
+                keys = [
+                    counter.key("values"),
+                    counter.key("meta"),
+                    counter.key("journal_on"),
+                    counter.key("journal"),
+                ]
                 run_script(pipe, APPLY, keys, args)
             execute(pipe)
         except REDIS_ERRORS as exc:
@@ -88,5 +93,6 @@ def ensure_available(model: type[models.Model]) -> None:
     if conf.ON_ERROR == "raise" and not breaker(conf.write_cache).allow():
         raise CounterUnavailable(
             f"Redis is unreachable; refusing to write {model._meta.label} "
-            "(DISTINCT_COUNTER['ON_ERROR'] is 'raise')", "unreachable",
+            "(DISTINCT_COUNTER['ON_ERROR'] is 'raise')",
+            "unreachable",
         )

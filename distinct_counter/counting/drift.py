@@ -30,10 +30,17 @@ class Drift:
         return self.state == "ok" and not (self.missing or self.extra or self.wrong)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"counter": self.counter.label, "state": self.state, "ok": self.ok,
-                "redis_distinct": self.redis_distinct, "db_distinct": self.db_distinct,
-                "missing": self.missing, "extra": self.extra, "wrong": self.wrong,
-                "examples": self.examples}
+        return {
+            "counter": self.counter.label,
+            "state": self.state,
+            "ok": self.ok,
+            "redis_distinct": self.redis_distinct,
+            "db_distinct": self.db_distinct,
+            "missing": self.missing,
+            "extra": self.extra,
+            "wrong": self.wrong,
+            "examples": self.examples,
+        }
 
 
 def check(counter: Counter, using: str | None = None) -> Drift:
@@ -45,7 +52,7 @@ def check(counter: Counter, using: str | None = None) -> Drift:
     using = using or read_database(counter.model)
     client = get_client(conf.CACHE, write=False)
     values_key = counter.key("values")
-    state = client.hget(counter.key("meta"), "state")
+    state: bytes | None = client.hget(counter.key("meta"), "state")  # type: ignore[assignment]
     drift = Drift(counter, state.decode() if state else "missing", 0, 0)
     found = 0
     batch_size = conf.REBUILD_BATCH_SIZE
@@ -53,7 +60,7 @@ def check(counter: Counter, using: str | None = None) -> Drift:
     def compare(batch: dict[str, int]) -> None:
         nonlocal found
         names = list(batch)
-        for name, got in zip(names, client.hmget(values_key, names)):
+        for name, got in zip(names, client.hmget(values_key, names), strict=True):
             if got is None:
                 drift.missing += 1
                 if len(drift.examples) < 10:

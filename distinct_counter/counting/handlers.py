@@ -28,21 +28,27 @@ prefetched_deletes: contextvars.ContextVar[
 ] = contextvars.ContextVar("distinct_counter_prefetched_deletes", default=None)
 
 
-def handle_pre_save(sender: type[models.Model], instance: models.Model, using: str,
-                    update_fields: Any = None, **kwargs: Any) -> None:
+def handle_pre_save(
+    sender: type[models.Model],
+    instance: models.Model,
+    using: str,
+    update_fields: Any = None,
+    **kwargs: Any,
+) -> None:
     counters = touched(sender, update_fields)
     if not counters:
         return
     deltas.ensure_available(sender)
     old = None
-    fresh = instance._state.adding and sender._meta.pk.has_default()  # type: ignore[union-attr]
+    fresh = instance._state.adding and sender._meta.pk.has_default()
     if instance.pk is not None and not fresh:
         old = locked_row(sender, using, instance.pk, counters)
     instance.__dict__[_OLD] = (counters, old)
 
 
-def handle_post_save(sender: type[models.Model], instance: models.Model, using: str,
-                     created: bool, **kwargs: Any) -> None:
+def handle_post_save(
+    sender: type[models.Model], instance: models.Model, using: str, created: bool, **kwargs: Any
+) -> None:
     stash = instance.__dict__.pop(_OLD, None)
     if stash is None:
         return
@@ -51,23 +57,24 @@ def handle_post_save(sender: type[models.Model], instance: models.Model, using: 
     record(using, deltas.between(counters, None if created else old, new))
 
 
-def handle_pre_delete(sender: type[models.Model], instance: models.Model, using: str,
-                      **kwargs: Any) -> None:
+def handle_pre_delete(
+    sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any
+) -> None:
     counters = counters_of(sender)
     if not counters or instance.pk is None:
         return
     deltas.ensure_available(sender)
     prefetched = prefetched_deletes.get() or {}
     key = (sender, instance.pk)
-    if key in prefetched:
-        old = prefetched[key]
-    else:
+    old: tuple[Any, ...] | None = prefetched.get(key)
+    if key not in prefetched:
         old = locked_row(sender, using, instance.pk, counters)
     instance.__dict__[_OLD] = (counters, old)
 
 
-def handle_post_delete(sender: type[models.Model], instance: models.Model, using: str,
-                       **kwargs: Any) -> None:
+def handle_post_delete(
+    sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any
+) -> None:
     stash = instance.__dict__.pop(_OLD, None)
     if stash is None:
         return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import connections, models, transaction
@@ -15,7 +15,7 @@ from distinct_counter.counting.registry import counters_of, touched
 from distinct_counter.counting.rows import canonical_pk, lock_absent, locked_rows
 
 
-class CountedQuerySet(models.QuerySet):  # type: ignore[type-arg]
+class CountedQuerySet(models.QuerySet[Any]):
     """A queryset whose bulk operations keep the counters exact.
 
     ``bulk_create``, ``bulk_update``, ``update`` and ``delete`` send the same deltas as the
@@ -26,16 +26,22 @@ class CountedQuerySet(models.QuerySet):  # type: ignore[type-arg]
 
     _bypass = False
 
+    @property
+    def _counted_model(self) -> type[models.Model]:
+        model: type[models.Model] = self.model
+        return model
+
     def _clone(self) -> CountedQuerySet:
         clone = super()._clone()  # type: ignore[misc]
         clone._bypass = self._bypass
         return clone  # type: ignore[no-any-return]
 
-    def bulk_create(self, objs: Iterable[models.Model], *args: Any,
-                    **kwargs: Any) -> list[models.Model]:
-        counters = counters_of(self.model)
+    def bulk_create(
+        self, objs: Iterable[models.Model], *args: Any, **kwargs: Any
+    ) -> list[models.Model]:
+        counters = counters_of(self._counted_model)
         if not counters:
-            return super().bulk_create(objs, *args, **kwargs)  # type: ignore[no-any-return]
+            return super().bulk_create(objs, *args, **kwargs)
         ensure_available(self.model)
         objs = list(objs)
         conflicts = kwargs.get("ignore_conflicts") or kwargs.get("update_conflicts")
@@ -43,8 +49,9 @@ class CountedQuerySet(models.QuerySet):  # type: ignore[type-arg]
         # pks of a default (fresh: nobody else can be writing them), nor with conflicts
         # handled (the counters are marked stale anyway).
         pk_field: Any = self.model._meta.pk
-        explicit = [] if conflicts or pk_field.has_default() else [
-            o.pk for o in objs if o.pk is not None]
+        explicit = (
+            [] if conflicts or pk_field.has_default() else [o.pk for o in objs if o.pk is not None]
+        )
         with transaction.atomic(using=self.db, savepoint=False):
             lock_absent(self.model, self.db, explicit)
             created = super().bulk_create(objs, *args, **kwargs)
@@ -54,13 +61,14 @@ class CountedQuerySet(models.QuerySet):  # type: ignore[type-arg]
             return created
         deltas: Deltas = {}
         for obj in created:
-            merge(deltas, between(
-                counters, None, tuple(getattr(obj, c.attname) for c in counters)))
+            merge(deltas, between(counters, None, tuple(getattr(obj, c.attname) for c in counters)))
         record(self.db, deltas)
         return created
 
-    def bulk_update(self, objs: Iterable[models.Model], fields: Sequence[str],
-                    batch_size: int | None = None) -> int:
+    def bulk_update(
+        self, objs: Iterable[models.Model], fields: Iterable[str], batch_size: int | None = None
+    ) -> int:
+        fields = list(fields)  # read twice below: a generator would be empty the second time
         counters = touched(self.model, fields)
         if not counters:
             return int(super().bulk_update(objs, fields, batch_size=batch_size))
@@ -70,7 +78,7 @@ class CountedQuerySet(models.QuerySet):  # type: ignore[type-arg]
         deltas: Deltas = {}
         with transaction.atomic(using=self.db, savepoint=False):
             old = locked_rows(self.model, self.db, [obj.pk for obj in objs], counters)
-            bypass = self._chain()
+            bypass = self._clone()
             bypass._bypass = True  # its internal update() must not count a second time
             updated = int(models.QuerySet.bulk_update(bypass, objs, fields, batch_size=batch_size))
             seen = set()
@@ -89,8 +97,10 @@ class CountedQuerySet(models.QuerySet):  # type: ignore[type-arg]
         if not counters or self._bypass:
             return int(super().update(**kwargs))
         ensure_available(self.model)
-        new = {c: kwargs[c.field.name] if c.field.name in kwargs else kwargs[c.attname]
-               for c in counters}
+        new = {
+            c: kwargs[c.field.name] if c.field.name in kwargs else kwargs[c.attname]
+            for c in counters
+        }
         with transaction.atomic(using=self.db, savepoint=False):
             if any(hasattr(v, "resolve_expression") for v in new.values()):
                 rows = int(super().update(**kwargs))
@@ -103,33 +113,41 @@ class CountedQuerySet(models.QuerySet):  # type: ignore[type-arg]
             attnames = [c.attname for c in counters]
             locked = self.order_by("pk").select_for_update().values_list("pk", *attnames)
             conn = connections[self.db]
-            stream = (locked.iterator(chunk_size=2000) if conn.vendor == "postgresql"
-                      else iter(list(locked)))
+            stream = (
+                locked.iterator(chunk_size=2000)
+                if conn.vendor == "postgresql"
+                else iter(list(locked))
+            )
             base = self.model._base_manager.using(self.db)
             deltas: Deltas = {}
             rows = 0
             new_values = tuple(new[c] for c in counters)
             while chunk := list(itertools.islice(stream, 2000)):
-                rows += int(models.QuerySet.update(base.filter(pk__in=[r[0] for r in chunk]),
-                                                   **kwargs))
+                rows += int(
+                    models.QuerySet.update(base.filter(pk__in=[r[0] for r in chunk]), **kwargs)
+                )
                 for row in chunk:
                     merge(deltas, between(counters, row[1:], new_values))
             record(self.db, deltas)
         return rows
 
     def delete(self) -> tuple[int, dict[str, int]]:
-        counters = counters_of(self.model)
+        counters = counters_of(self._counted_model)
         if not counters:
-            return super().delete()  # type: ignore[no-any-return]
+            return super().delete()
         ensure_available(self.model)
         with transaction.atomic(using=self.db, savepoint=False):
-            rows = (self.model._base_manager.using(self.db)
-                    .filter(pk__in=self.order_by().values("pk")).select_for_update()
-                    .order_by("pk").values_list("pk", *(c.attname for c in counters)))
+            rows = (
+                self.model._base_manager.using(self.db)
+                .filter(pk__in=self.order_by().values("pk"))
+                .select_for_update()
+                .order_by("pk")
+                .values_list("pk", *(c.attname for c in counters))
+            )
             prefetched = {(self.model, row[0]): row[1:] for row in rows}
             token = prefetched_deletes.set({**(prefetched_deletes.get() or {}), **prefetched})
             try:
-                return super().delete()  # type: ignore[no-any-return]
+                return super().delete()
             finally:
                 prefetched_deletes.reset(token)
 

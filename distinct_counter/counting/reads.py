@@ -79,8 +79,13 @@ class DistinctCount:
         state, count = _redis_read(counter, "hlen")
         if state == "ok":
             return CountResult(int(count), "redis", state)
-        count = _fallback(counter, state, lambda db: counter.model._base_manager.using(db)
-                          .aggregate(n=Count(counter.attname, distinct=True))["n"])
+        count = _fallback(
+            counter,
+            state,
+            lambda db: counter.model._base_manager.using(db).aggregate(
+                n=Count(counter.attname, distinct=True)
+            )["n"],
+        )
         return CountResult(int(count), "database", state)
 
     @staticmethod
@@ -99,8 +104,17 @@ class DistinctCount:
         state, count = _redis_read(counter, "hget", text)
         if state == "ok":
             return max(int(count or 0), 0)
-        return int(_fallback(counter, state, lambda db: counter.model._base_manager.using(db)
-                             .filter(**{counter.attname: counter.denormalize(text)}).count()))
+        return int(
+            _fallback(
+                counter,
+                state,
+                lambda db: (
+                    counter.model._base_manager.using(db)
+                    .filter(**{counter.attname: counter.denormalize(text)})
+                    .count()
+                ),
+            )
+        )
 
     @staticmethod
     def contains(field: str, value: Any, model: type[models.Model] | str | None = None) -> bool:
@@ -108,8 +122,9 @@ class DistinctCount:
         return DistinctCount.frequency(field, value, model) > 0
 
     @staticmethod
-    def members(field: str, model: type[models.Model] | str | None = None,
-                batch_size: int = 1000) -> Iterator[str]:
+    def members(
+        field: str, model: type[models.Model] | str | None = None, batch_size: int = 1000
+    ) -> Iterator[str]:
         """Iterate over the distinct values, in their normalized text form, in no order.
 
         Uses ``HSCAN`` (never ``HGETALL``), so a counter of millions of values streams.
@@ -117,10 +132,19 @@ class DistinctCount:
         counter = resolve(field, model)
         state, _ = _redis_read(counter, "exists")
         if state != "ok":
-            yield from _fallback(counter, state, lambda db: (
-                counter.normalize(v) for v in counter.model._base_manager.using(db)
-                .filter(**{f"{counter.attname}__isnull": False}).order_by()
-                .values_list(counter.attname, flat=True).distinct().iterator()))
+            yield from _fallback(
+                counter,
+                state,
+                lambda db: (
+                    counter.normalize(v)
+                    for v in counter.model._base_manager.using(db)
+                    .filter(**{f"{counter.attname}__isnull": False})
+                    .order_by()
+                    .values_list(counter.attname, flat=True)
+                    .distinct()
+                    .iterator()
+                ),
+            )
             return
         client = get_client(conf.CACHE, write=False)
         for value, count in client.hscan_iter(counter.key("values"), count=batch_size):

@@ -17,7 +17,7 @@ from distinct_counter.connection import REDIS_ERRORS, get_client
 from distinct_counter.counting import stale
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.registry import Counter
-from distinct_counter.counting.scan import grouped_counts, grouped_chunks
+from distinct_counter.counting.scan import grouped_chunks, grouped_counts
 from distinct_counter.counting.scripts import RELEASE, SET_COUNTS, SWAP, run_script
 from distinct_counter.counting.state import CounterState
 from distinct_counter.exceptions import RebuildInProgress
@@ -46,8 +46,9 @@ class RebuildResult:
 Progress = Callable[[Counter, int, int], None]
 
 
-def rebuild(counter: Counter, using: str | None = None,
-            progress: Progress | None = None) -> RebuildResult:
+def rebuild(
+    counter: Counter, using: str | None = None, progress: Progress | None = None
+) -> RebuildResult:
     """Rebuild one counter from the database, safely while writers keep writing.
 
     The values are aggregated in the database and streamed into a temporary key in batches
@@ -87,12 +88,14 @@ def rebuild(counter: Counter, using: str | None = None,
         snapshot = _server_time(client)
         _wait_for_replay(using, primary)
         rows, values, scanned = _scan(counter, client, using, progress)
-        swapped = _as_seconds(run_script(
-            client, SWAP, [tmp, counter.key("values"), counter.key("meta")], [time.time(), rows]))
+        swapped = _as_seconds(
+            run_script(
+                client, SWAP, [tmp, counter.key("values"), counter.key("meta")], [time.time(), rows]
+            )
+        )
         if progress:
             progress(counter, rows, values)
-        recounted, settled = _recount_journal(counter, client, primary, snapshot, scanned,
-                                              swapped)
+        recounted, settled = _recount_journal(counter, client, primary, snapshot, scanned, swapped)
         client.delete(journal_on, journal)
     except BaseException:
         # Writers stop journaling for a rebuild that will not recount; the next one starts
@@ -106,14 +109,19 @@ def rebuild(counter: Counter, using: str | None = None,
     CounterState.mark_rebuilt(counter.label)
     stale.forget(counter.label)
     if not settled:
-        logger.warning("Rebuild of %s: writes never paused for %ss within %ss; the counts of the "
-                       "values written in its last moments may be off by writes in flight",
-                       counter.label, conf.REBUILD_GRACE, conf.REBUILD_SETTLE)
+        logger.warning(
+            "Rebuild of %s: writes never paused for %ss within %ss; the counts of the "
+            "values written in its last moments may be off by writes in flight",
+            counter.label,
+            conf.REBUILD_GRACE,
+            conf.REBUILD_SETTLE,
+        )
     return RebuildResult(counter, rows, values, recounted, time.monotonic() - started, settled)
 
 
-def _scan(counter: Counter, client: Any, using: str,
-          progress: Progress | None) -> tuple[int, int, float]:
+def _scan(
+    counter: Counter, client: Any, using: str, progress: Progress | None
+) -> tuple[int, int, float]:
     """Stream the database's counts into the counter's ``tmp`` key; return the rows and
     values stored, and the server time by which the scan's snapshot was taken.
 
@@ -124,7 +132,8 @@ def _scan(counter: Counter, client: Any, using: str,
 
     def store(batch: dict[str, int]) -> None:
         client.pipeline(transaction=False).hset(tmp, mapping=batch).pexpire(
-            lock_key, _TTL_MS).pexpire(journal_on, _TTL_MS).execute()
+            lock_key, _TTL_MS
+        ).pexpire(journal_on, _TTL_MS).execute()
 
     rows = values = 0
     scanned: float | None = None
@@ -156,8 +165,9 @@ def _as_seconds(t: Any) -> float:
     return int(t[0]) + int(t[1]) / 1e6
 
 
-def _recount_journal(counter: Counter, client: Any, primary: str,
-                     snapshot: float, scanned: float, swapped: float) -> tuple[int, bool]:
+def _recount_journal(
+    counter: Counter, client: Any, primary: str, snapshot: float, scanned: float, swapped: float
+) -> tuple[int, bool]:
     """Recount, from the primary, the values that writers touched since the rebuild began.
 
     A value's count is trustworthy once no write touched it from just before its count was
@@ -218,9 +228,14 @@ def _recount(counter: Counter, client: Any, using: str, values: list[str]) -> fl
 LOCK_TIMEOUT = "5s"
 
 
-def _recount_locked(counter: Counter, client: Any, primary: str,
-                    windows: dict[str, tuple[float, float]], now: float,
-                    recounted: int) -> tuple[int, bool]:
+def _recount_locked(
+    counter: Counter,
+    client: Any,
+    primary: str,
+    windows: dict[str, tuple[float, float]],
+    now: float,
+    recounted: int,
+) -> tuple[int, bool]:
     """The last resort for values written more often than the grace: recount them with
     writes to the table paused.
 
@@ -244,11 +259,12 @@ def _recount_locked(counter: Counter, client: Any, primary: str,
             todo = {v.decode() for v, _ in client.zrange(journal, 0, -1, withscores=True)}
             todo.update(v for v, (_, end) in windows.items() if end > now)
             client.delete(journal)
-            logger.info("Rebuild of %s: recounting %d values with writes paused",
-                        counter.label, len(todo))
+            logger.info(
+                "Rebuild of %s: recounting %d values with writes paused", counter.label, len(todo)
+            )
             values = sorted(todo)
             for start in range(0, len(values), 1000):
-                _recount(counter, client, primary, values[start:start + 1000])
+                _recount(counter, client, primary, values[start : start + 1000])
     except DatabaseError as exc:
         logger.warning("Rebuild of %s could not lock its table: %s", counter.label, exc)
         return recounted, False
@@ -270,8 +286,11 @@ def _wait_for_replay(using: str, primary: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     with connections[using].cursor() as cur:
         while True:
-            cur.execute("SELECT pg_is_in_recovery(), "
-                        "COALESCE(pg_last_wal_replay_lsn() >= %s::pg_lsn, true)", [lsn])
+            cur.execute(
+                "SELECT pg_is_in_recovery(), "
+                "COALESCE(pg_last_wal_replay_lsn() >= %s::pg_lsn, true)",
+                [lsn],
+            )
             in_recovery, caught_up = cur.fetchone()
             if not in_recovery or caught_up:
                 return

@@ -61,8 +61,8 @@ class Counter:
 
 def is_counted(model: type[models.Model]) -> bool:
     """Whether ``model`` is a concrete model that subclasses ``CountedModel``."""
-    return bool(getattr(model, MARKER, False)) and not model._meta.abstract and not (
-        model._meta.proxy
+    return (
+        bool(getattr(model, MARKER, False)) and not model._meta.abstract and not (model._meta.proxy)
     )
 
 

@@ -12,7 +12,6 @@ from django.db import connections, models
 
 from distinct_counter.counting.registry import Counter
 
-
 #: The absence of a row is locked in one of this many advisory locks per table (a row's pk
 #: picks one): a bulk insert of many explicit pks takes at most this many locks.
 LOCK_BUCKETS = 1024
@@ -21,13 +20,14 @@ LOCK_BUCKETS = 1024
 def canonical_pk(model: type[models.Model], pk: Any) -> Any:
     """``pk`` as the database gives it back (``"7"`` -> ``7``, a UUID's text -> ``UUID``)."""
     try:
-        return model._meta.pk.to_python(pk)  # type: ignore[union-attr]
+        return model._meta.pk.to_python(pk)
     except ValidationError:
         return pk  # The query that follows reports it, as Django would.
 
 
-def locked_rows(model: type[models.Model], using: str, pks: Iterable[Any],
-                counters: Iterable[Counter]) -> dict[Any, tuple[Any, ...]]:
+def locked_rows(
+    model: type[models.Model], using: str, pks: Iterable[Any], counters: Iterable[Counter]
+) -> dict[Any, tuple[Any, ...]]:
     """The current values of ``counters`` in the rows ``pks``, locked until the transaction
     ends (``SELECT ... FOR UPDATE``), keyed by :func:`canonical_pk`. A pk with no row gets
     no entry.
@@ -49,7 +49,7 @@ def locked_rows(model: type[models.Model], using: str, pks: Iterable[Any],
     def read(keys: list[Any]) -> dict[Any, tuple[Any, ...]]:
         found: dict[Any, tuple[Any, ...]] = {}
         for start in range(0, len(keys), 1000):
-            qs = model._base_manager.using(using).filter(pk__in=keys[start:start + 1000])
+            qs = model._base_manager.using(using).filter(pk__in=keys[start : start + 1000])
             if locking:
                 qs = qs.select_for_update()
             found.update((r[0], r[1:]) for r in qs.order_by("pk").values_list("pk", *attnames))
@@ -62,8 +62,9 @@ def locked_rows(model: type[models.Model], using: str, pks: Iterable[Any],
     return rows
 
 
-def locked_row(model: type[models.Model], using: str, pk: Any,
-               counters: Iterable[Counter]) -> tuple[Any, ...] | None:
+def locked_row(
+    model: type[models.Model], using: str, pk: Any, counters: Iterable[Counter]
+) -> tuple[Any, ...] | None:
     """:func:`locked_rows` of one row: its values, or None when it does not exist."""
     return next(iter(locked_rows(model, using, [pk], counters).values()), None)
 
@@ -82,7 +83,10 @@ def lock_absent(model: type[models.Model], using: str, pks: list[Any]) -> bool:
     table = model._meta.db_table
     keys = sorted({f"{table}:{canonical_pk(model, pk)}" for pk in pks})
     with conn.cursor() as cur:
-        cur.execute("SELECT count(pg_advisory_xact_lock(hashtext(%s), b)) FROM "
-                    "(SELECT DISTINCT hashtext(k) & %s AS b FROM unnest(%s::text[]) AS k "
-                    "ORDER BY b) AS buckets", [table, LOCK_BUCKETS - 1, keys])
+        cur.execute(
+            "SELECT count(pg_advisory_xact_lock(hashtext(%s), b)) FROM "
+            "(SELECT DISTINCT hashtext(k) & %s AS b FROM unnest(%s::text[]) AS k "
+            "ORDER BY b) AS buckets",
+            [table, LOCK_BUCKETS - 1, keys],
+        )
     return True

@@ -14,8 +14,12 @@ from distinct_counter.counting.registry import Counter
 from distinct_counter.counting.values import text_as_is
 
 
-def grouped_chunks(counter: Counter, using: str | models.QuerySet[Any], chunk_size: int = 5000,
-                   values: list[str] | None = None) -> Iterator[dict[str, int]]:
+def grouped_chunks(
+    counter: Counter,
+    using: str | models.QuerySet[Any],
+    chunk_size: int = 5000,
+    values: list[str] | None = None,
+) -> Iterator[dict[str, int]]:
     """``SELECT field, COUNT(*) ... GROUP BY field`` streamed (server-side cursor), normalized,
     in chunks of up to ``chunk_size`` values: ``{normalized value: rows}``.
 
@@ -36,8 +40,10 @@ def grouped_chunks(counter: Counter, using: str | models.QuerySet[Any], chunk_si
     query = qs.values_list(counter.attname).annotate(n=Count("*")).query
     compiler = query.get_compiler(using=qs.db)
     chunks = compiler.execute_sql(
-        MULTI, chunked_fetch=not connections[qs.db].settings_dict.get(
-            "DISABLE_SERVER_SIDE_CURSORS"), chunk_size=chunk_size)
+        MULTI,
+        chunked_fetch=not connections[qs.db].settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"),
+        chunk_size=chunk_size,
+    )
     converters = None
     for chunk in chunks:
         if converters is None:  # Known once the query ran.
@@ -54,8 +60,12 @@ def grouped_chunks(counter: Counter, using: str | models.QuerySet[Any], chunk_si
         yield merged
 
 
-def grouped_counts(counter: Counter, using: str | models.QuerySet[Any], chunk_size: int = 5000,
-                   values: list[str] | None = None) -> Iterator[tuple[str, int]]:
+def grouped_counts(
+    counter: Counter,
+    using: str | models.QuerySet[Any],
+    chunk_size: int = 5000,
+    values: list[str] | None = None,
+) -> Iterator[tuple[str, int]]:
     """:func:`grouped_chunks`, one ``(value, rows)`` at a time."""
     for chunk in grouped_chunks(counter, using, chunk_size, values):
         yield from chunk.items()

@@ -110,7 +110,7 @@ def execute(pipe: Any) -> list[Any]:
             args, options = commands[i]
             pipe.execute_command(*args, **options)
         retried = list(pipe.execute(raise_on_error=False))[len(SCRIPTS) :]
-        for i, result in zip(missing, retried):
+        for i, result in zip(missing, retried, strict=True):
             results[i] = result
     for result in results:
         if isinstance(result, Exception):

@@ -20,7 +20,10 @@ from django.utils import timezone
 
 def target(field: models.Field[Any, Any]) -> models.Field[Any, Any]:
     """The field whose column holds the value: the target of a relation, else ``field``."""
-    return field.target_field if field.is_relation else field  # type: ignore[attr-defined, no-any-return]
+    if field.is_relation:
+        column: models.Field[Any, Any] = field.target_field  # type: ignore[attr-defined]
+        return column
+    return field
 
 
 def normalize(field: models.Field[Any, Any], value: Any) -> str | None:
@@ -30,8 +33,8 @@ def normalize(field: models.Field[Any, Any], value: Any) -> str | None:
     ``"1.10"``, as the database stores them; a model instance given for a ForeignKey becomes its
     primary key; datetimes become UTC.
     """
-    if value.__class__ is str and text_as_is(field):
-        return value  # type: ignore[no-any-return]  # The common case: no copy.
+    if type(value) is str and text_as_is(field):
+        return value  # The common case, and the whole of a rebuild's per-value work.
     if isinstance(value, models.Model):
         value = value.pk
     if value is None:
@@ -48,9 +51,10 @@ def normalize(field: models.Field[Any, Any], value: Any) -> str | None:
             value = value.quantize(decimal.Decimal(1).scaleb(-places))
         return format(value, "f")
     if isinstance(value, datetime.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
-        return value.isoformat()
+        moment = value
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        return moment.isoformat()
     if isinstance(value, (datetime.date, datetime.time)):
         return value.isoformat()
     if isinstance(value, float):

@@ -70,8 +70,9 @@ LIFTED_TIMEOUTS = ("lock_timeout", "statement_timeout")
 _CREATE = "CREATE INDEX CONCURRENTLY"
 
 
-def _ensure_not_in_transaction(operation: AddIndex | RemoveIndex,
-                               schema_editor: BaseDatabaseSchemaEditor) -> None:
+def _ensure_not_in_transaction(
+    operation: AddIndex | RemoveIndex, schema_editor: BaseDatabaseSchemaEditor
+) -> None:
     """Refuse to run inside a transaction, on every backend that would open one.
 
     Checked on SQLite too, although SQLite does not care, so that a migration missing
@@ -123,8 +124,9 @@ def _lifted_timeouts(schema_editor: BaseDatabaseSchemaEditor) -> Iterator[None]:
     restore()
 
 
-def _index_state(schema_editor: BaseDatabaseSchemaEditor, table: str,
-                 name: str) -> tuple[bool, bool] | None:
+def _index_state(
+    schema_editor: BaseDatabaseSchemaEditor, table: str, name: str
+) -> tuple[bool, bool] | None:
     """``(valid, on_table)`` of the index ``name`` in the schema of ``table``; None if absent.
 
     Looked up in the schema the unqualified table name resolves to, which is where an
@@ -142,12 +144,13 @@ def _index_state(schema_editor: BaseDatabaseSchemaEditor, table: str,
     return None if row is None else (bool(row[0]), bool(row[1]))
 
 
-def _create_concurrently(schema_editor: BaseDatabaseSchemaEditor, model: type[models.Model],
-                         index: models.Index) -> None:
+def _create_concurrently(
+    schema_editor: BaseDatabaseSchemaEditor, model: type[models.Model], index: models.Index
+) -> None:
     template = schema_editor.sql_create_index_concurrently  # type: ignore[attr-defined]
     if not template.startswith(_CREATE):  # pragma: no cover - a backend of its own
         raise NotSupportedError(f"unexpected concurrent index template {template!r}")
-    template = _CREATE + " IF NOT EXISTS" + template[len(_CREATE):]
+    template = _CREATE + " IF NOT EXISTS" + template[len(_CREATE) :]
     create = index.create_sql(model, schema_editor, concurrently=True, sql=template)
     drop = index.remove_sql(model, schema_editor, concurrently=True)
     table = model._meta.db_table
@@ -173,8 +176,9 @@ def _create_concurrently(schema_editor: BaseDatabaseSchemaEditor, model: type[mo
         raise NotSupportedError(f"index {index.name} is INVALID after its build")
 
 
-def _drop_concurrently(schema_editor: BaseDatabaseSchemaEditor, model: type[models.Model],
-                       index: models.Index) -> None:
+def _drop_concurrently(
+    schema_editor: BaseDatabaseSchemaEditor, model: type[models.Model], index: models.Index
+) -> None:
     with _lifted_timeouts(schema_editor):
         schema_editor.execute(index.remove_sql(model, schema_editor, concurrently=True))
 
@@ -191,8 +195,13 @@ class CreateIndexConcurrently(AddIndex):
     def describe(self) -> str:
         return f"Concurrently create index {self.index.name} on model {self.model_name}"
 
-    def database_forwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
-                          from_state: ProjectState, to_state: ProjectState) -> None:
+    def database_forwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
         _ensure_not_in_transaction(self, schema_editor)
         if not _is_postgresql(schema_editor):
             return super().database_forwards(app_label, schema_editor, from_state, to_state)
@@ -200,8 +209,13 @@ class CreateIndexConcurrently(AddIndex):
         if self.allow_migrate_model(schema_editor.connection.alias, model):
             _create_concurrently(schema_editor, model, self.index)
 
-    def database_backwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
-                           from_state: ProjectState, to_state: ProjectState) -> None:
+    def database_backwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
         _ensure_not_in_transaction(self, schema_editor)
         if not _is_postgresql(schema_editor):
             return super().database_backwards(app_label, schema_editor, from_state, to_state)
@@ -222,24 +236,32 @@ class DropIndexConcurrently(RemoveIndex):
     def describe(self) -> str:
         return f"Concurrently remove index {self.name} from {self.model_name}"
 
-    def database_forwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
-                          from_state: ProjectState, to_state: ProjectState) -> None:
+    def database_forwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
         _ensure_not_in_transaction(self, schema_editor)
         if not _is_postgresql(schema_editor):
             return super().database_forwards(app_label, schema_editor, from_state, to_state)
         model = from_state.apps.get_model(app_label, self.model_name)
         if self.allow_migrate_model(schema_editor.connection.alias, model):
-            index = from_state.models[app_label, self.model_name_lower].get_index_by_name(
-                self.name)
+            index = from_state.models[app_label, self.model_name_lower].get_index_by_name(self.name)
             _drop_concurrently(schema_editor, model, index)
 
-    def database_backwards(self, app_label: str, schema_editor: BaseDatabaseSchemaEditor,
-                           from_state: ProjectState, to_state: ProjectState) -> None:
+    def database_backwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
         _ensure_not_in_transaction(self, schema_editor)
         if not _is_postgresql(schema_editor):
             return super().database_backwards(app_label, schema_editor, from_state, to_state)
         model = to_state.apps.get_model(app_label, self.model_name)
         if self.allow_migrate_model(schema_editor.connection.alias, model):
-            index = to_state.models[app_label, self.model_name_lower].get_index_by_name(
-                self.name)
+            index = to_state.models[app_label, self.model_name_lower].get_index_by_name(self.name)
             _create_concurrently(schema_editor, model, index)

@@ -33,7 +33,7 @@ def has_index(model: type[models.Model], field: models.Field[Any, Any]) -> bool:
     A primary key, ``unique`` or ``db_index`` field, or an index, unique constraint or
     ``unique_together`` whose first column is the field (a B-tree serves its leading column).
     """
-    if field.primary_key or field.unique or field.db_index:
+    if field.primary_key or field.unique or getattr(field, "db_index", False):
         return True
     names = {field.name, field.attname}
     meta = model._meta
@@ -116,31 +116,40 @@ def _plan(app_label: str, loader: MigrationLoader) -> tuple[list[MissingIndex], 
         try:
             state_model = state_apps.get_model(app_label, model._meta.model_name)
         except LookupError:
-            notes.append(f"{model._meta.label}: not in the migrations yet; run makemigrations "
-                         f"{app_label} first.")
+            notes.append(
+                f"{model._meta.label}: not in the migrations yet; run makemigrations "
+                f"{app_label} first."
+            )
             continue
         state_names = {i.name for i in state_model._meta.indexes}
-        for counter in counters_of(model):  # type: ignore[arg-type]
+        for counter in counters_of(model):
             name = counter.field.name
             label = f"{model._meta.label}.{name}"
             try:
                 state_field = state_model._meta.get_field(name)
             except FieldDoesNotExist:
-                notes.append(f"{label}: not in the migrations yet; run makemigrations "
-                             f"{app_label} first.")
+                notes.append(
+                    f"{label}: not in the migrations yet; run makemigrations {app_label} first."
+                )
                 continue
-            if has_index(state_model, state_field):  # type: ignore[arg-type]
+            if has_index(state_model, state_field):
                 continue
-            declared = [i for i in model._meta.indexes
-                        if i.fields and i.fields[0].lstrip("-") in (name, counter.attname)
-                        and i.name not in state_names]
+            declared = [
+                i
+                for i in model._meta.indexes
+                if i.fields
+                and i.fields[0].lstrip("-") in (name, counter.attname)
+                and i.name not in state_names
+            ]
             if declared:
                 missing.append(MissingIndex(model, name, declared[0].clone(), True))
             elif has_index(model, counter.field):
-                notes.append(f"{label}: indexed in the model but not in the migrations; "
-                             "makemigrations would add that index with a plain (write-locking) "
-                             "CREATE INDEX: declare it in Meta.indexes instead and run "
-                             "counted_indexes again.")
+                notes.append(
+                    f"{label}: indexed in the model but not in the migrations; "
+                    "makemigrations would add that index with a plain (write-locking) "
+                    "CREATE INDEX: declare it in Meta.indexes instead and run "
+                    "counted_indexes again."
+                )
             else:
                 index = models.Index(fields=[name])
                 index.set_name_with_model(model)
@@ -177,9 +186,9 @@ def index_migration(app_label: str, name: str | None = None) -> IndexMigration:
         return IndexMigration(app_label, "", "", "", [], notes)
     number = (MigrationAutodetector.parse_number(leaves[0][1]) or 0) + 1
     migration = Migration(f"{number:04d}_{name or 'counted_indexes'}", app_label)
-    migration.dependencies = list(leaves)
-    migration.operations = [
-        CreateIndexConcurrently(model_name=m.model._meta.model_name, index=m.index)
+    migration.dependencies = list(leaves)  # type: ignore[misc]  # as Django's autodetector
+    migration.operations = [  # type: ignore[misc]
+        CreateIndexConcurrently(model_name=m.model._meta.model_name or "", index=m.index)
         for m in missing
     ]
     writer = MigrationWriter(migration)
@@ -188,7 +197,7 @@ def index_migration(app_label: str, name: str | None = None) -> IndexMigration:
     contents = contents.replace(
         head,
         head + "\n    # CREATE INDEX CONCURRENTLY cannot run in a transaction.\n"
-               "    atomic = False\n",
+        "    atomic = False\n",
         1,
     )
     path = os.path.join(writer.basedir, writer.filename)

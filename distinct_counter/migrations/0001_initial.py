@@ -4,24 +4,27 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='CounterState',
+            name="CounterState",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('label', models.CharField(max_length=255, unique=True)),
-                ('stale_since', models.DateTimeField(blank=True, null=True)),
-                ('stale_reason', models.TextField(blank=True, default='')),
-                ('rebuilt_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("label", models.CharField(max_length=255, unique=True)),
+                ("stale_since", models.DateTimeField(blank=True, null=True)),
+                ("stale_reason", models.TextField(blank=True, default="")),
+                ("rebuilt_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'verbose_name': 'counter state',
+                "verbose_name": "counter state",
             },
         ),
     ]

@@ -25,30 +25,47 @@ def check_router(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
     replicas: list[str] = conf.value_or("REPLICAS", [])
     errors += _alias_errors(primary, replicas)
     samesite = conf.value_or("PIN_COOKIE_SAMESITE", None)
-    if samesite is not None and samesite.lower() == "none" and not conf.value_or(
-            "PIN_COOKIE_SECURE", False):
-        errors.append(checks.Error(
-            "DISTINCT_COUNTER['PIN_COOKIE_SAMESITE'] is 'None' but PIN_COOKIE_SECURE is "
-            "off: browsers reject such a cookie, so clients would never be pinned.",
-            hint="Set PIN_COOKIE_SECURE to True (HTTPS), or use 'Lax'.",
-            id="distinct_counter.E016"))
+    if (
+        samesite is not None
+        and samesite.lower() == "none"
+        and not conf.value_or("PIN_COOKIE_SECURE", False)
+    ):
+        errors.append(
+            checks.Error(
+                "DISTINCT_COUNTER['PIN_COOKIE_SAMESITE'] is 'None' but PIN_COOKIE_SECURE is "
+                "off: browsers reject such a cookie, so clients would never be pinned.",
+                hint="Set PIN_COOKIE_SECURE to True (HTTPS), or use 'Lax'.",
+                id="distinct_counter.E016",
+            )
+        )
     if conf.value_or("MAX_REPLICA_LAG", None) is not None:
         for alias in replicas:
             engine = settings.DATABASES.get(alias, {}).get("ENGINE", "")
             if alias in settings.DATABASES and "postgres" not in engine:
-                errors.append(checks.Error(
-                    f"DISTINCT_COUNTER['MAX_REPLICA_LAG'] is set but the replica {alias!r} "
-                    f"is not PostgreSQL ({engine}): its lag cannot be measured.",
-                    hint="Set MAX_REPLICA_LAG to None, or use PostgreSQL streaming replicas.",
-                    id="distinct_counter.E018"))
+                errors.append(
+                    checks.Error(
+                        f"DISTINCT_COUNTER['MAX_REPLICA_LAG'] is set but the replica {alias!r} "
+                        f"is not PostgreSQL ({engine}): its lag cannot be measured.",
+                        hint="Set MAX_REPLICA_LAG to None, or use PostgreSQL streaming replicas.",
+                        id="distinct_counter.E018",
+                    )
+                )
     uses_pin = PIN_MIDDLEWARE in (getattr(settings, "MIDDLEWARE", None) or ())
     routers = getattr(settings, "DATABASE_ROUTERS", ())
     if (replicas or uses_pin) and not any(is_subclass_path(r, ROUTER) for r in routers):
-        errors.append(checks.Error(
-            ("DISTINCT_COUNTER['REPLICAS'] is set" if replicas else f"{PIN_MIDDLEWARE} is "
-             "in MIDDLEWARE") + " but DATABASE_ROUTERS has no PrimaryReplicaRouter, so no "
-            "read goes to a replica.",
-            hint=f"Add {ROUTER!r} to DATABASE_ROUTERS.", id="distinct_counter.E019"))
+        errors.append(
+            checks.Error(
+                (
+                    "DISTINCT_COUNTER['REPLICAS'] is set"
+                    if replicas
+                    else f"{PIN_MIDDLEWARE} is in MIDDLEWARE"
+                )
+                + " but DATABASE_ROUTERS has no PrimaryReplicaRouter, so no "
+                "read goes to a replica.",
+                hint=f"Add {ROUTER!r} to DATABASE_ROUTERS.",
+                id="distinct_counter.E019",
+            )
+        )
     return errors
 
 
@@ -56,14 +73,19 @@ def _alias_errors(primary: str | None, replicas: list[str]) -> list[checks.Check
     """E006 for aliases missing from ``DATABASES``; E012 for a replica that is the primary or
     is listed twice."""
     errors = database_errors(
-        {"PRIMARY": primary, **{f"REPLICAS[{i}]": a for i, a in enumerate(replicas)}})
+        {"PRIMARY": primary, **{f"REPLICAS[{i}]": a for i, a in enumerate(replicas)}}
+    )
     seen: set[str] = set()
     for alias in replicas:
         if alias == primary or alias in seen:
-            errors.append(checks.Error(
-                f"DISTINCT_COUNTER['REPLICAS'] lists {alias!r} "
-                + ("which is the PRIMARY." if alias == primary else "twice."),
-                hint="List each replica once, and not the primary: reads already fall back to "
-                     "the primary when no replica is usable.", id="distinct_counter.E012"))
+            errors.append(
+                checks.Error(
+                    f"DISTINCT_COUNTER['REPLICAS'] lists {alias!r} "
+                    + ("which is the PRIMARY." if alias == primary else "twice."),
+                    hint="List each replica once, and not the primary: reads already fall back to "
+                    "the primary when no replica is usable.",
+                    id="distinct_counter.E012",
+                )
+            )
         seen.add(alias)
     return errors

@@ -41,23 +41,40 @@ class RoutingSettings(Settings):
     """The router's settings; ``conf.NAME`` is the validated value of
     ``DISTINCT_COUNTER[NAME]`` or its default."""
 
-    PRIMARY = Option("default", text, "distinct_counter.E011",
-                     "Use the alias in DATABASES of the primary database, e.g. 'default'.")
-    REPLICAS = Option([], aliases, "distinct_counter.E010",
-                      'For example: "REPLICAS": ["replica1", "replica2"] (aliases in DATABASES); '
-                      "[] for none.")
+    PRIMARY = Option(
+        "default",
+        text,
+        "distinct_counter.E011",
+        "Use the alias in DATABASES of the primary database, e.g. 'default'.",
+    )
+    REPLICAS = Option(
+        [],
+        aliases,
+        "distinct_counter.E010",
+        'For example: "REPLICAS": ["replica1", "replica2"] (aliases in DATABASES); [] for none.',
+    )
     PIN_SECONDS = Option(5.0, positive_number, "distinct_counter.E013", _SECONDS)
-    PIN_COOKIE = Option("distinct_counter_pin", cookie_name, "distinct_counter.E017",
-                        "Use letters, digits and - _ . only, e.g. 'distinct_counter_pin'.")
+    PIN_COOKIE = Option(
+        "distinct_counter_pin",
+        cookie_name,
+        "distinct_counter.E017",
+        "Use letters, digits and - _ . only, e.g. 'distinct_counter_pin'.",
+    )
     PIN_COOKIE_SECURE = Option(False, boolean, "distinct_counter.E008", "Use True or False.")
     PIN_COOKIE_HTTPONLY = Option(True, boolean, "distinct_counter.E008", "Use True or False.")
-    PIN_COOKIE_SAMESITE = Option("Lax", samesite, "distinct_counter.E015",
-                                 "Use 'Lax', 'Strict', 'None', or None to send no SameSite "
-                                 "attribute.")
+    PIN_COOKIE_SAMESITE = Option(
+        "Lax",
+        samesite,
+        "distinct_counter.E015",
+        "Use 'Lax', 'Strict', 'None', or None to send no SameSite attribute.",
+    )
     REPLICA_RETRY_SECONDS = Option(5.0, positive_number, "distinct_counter.E013", _SECONDS)
-    MAX_REPLICA_LAG = Option(None, optional(positive_number), "distinct_counter.E014",
-                             "Use a positive number of seconds, or None to ignore replication "
-                             "lag.")
+    MAX_REPLICA_LAG = Option(
+        None,
+        optional(positive_number),
+        "distinct_counter.E014",
+        "Use a positive number of seconds, or None to ignore replication lag.",
+    )
     LAG_CHECK_SECONDS = Option(2.0, positive_number, "distinct_counter.E013", _SECONDS)
 
     # The router degrades rather than fails on a misconfiguration the checks report (E010,

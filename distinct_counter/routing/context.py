@@ -54,14 +54,19 @@ class _ContextSetting(Generic[T]):
         self._tokens.append(self._var.set(value))
         return value
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._var.reset(self._tokens.pop())
 
     def __call__(self, func: F) -> F:
         # A fresh instance per call: one decorated function may run in many threads at once.
         var, make = self._var, self._make
         if inspect.iscoroutinefunction(func):
+
             @functools.wraps(func)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
                 with _ContextSetting(var, make):

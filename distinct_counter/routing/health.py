@@ -60,8 +60,11 @@ def replica_states() -> dict[str, dict[str, Any]]:
     result = {}
     for alias in conf.replicas():
         health = _state(alias)
-        result[alias] = {"down": now < health.down_until, "lag": health.lag,
-                         "lagging": health.lagging and conf.MAX_REPLICA_LAG is not None}
+        result[alias] = {
+            "down": now < health.down_until,
+            "lag": health.lag,
+            "lagging": health.lagging and conf.MAX_REPLICA_LAG is not None,
+        }
     return result
 
 
@@ -137,14 +140,22 @@ def _usable(alias: str) -> bool:
             health.lag = _replay_lag(conn)
             lagging = health.lag is not None and health.lag > max_lag
             if lagging and not health.lagging:
-                logger.warning("database replica %r is %.1fs behind (MAX_REPLICA_LAG %ss): "
-                               "skipped", alias, health.lag, max_lag)
+                logger.warning(
+                    "database replica %r is %.1fs behind (MAX_REPLICA_LAG %ss): skipped",
+                    alias,
+                    health.lag,
+                    max_lag,
+                )
             health.lagging = lagging
     except DatabaseError as exc:
         retry = conf.REPLICA_RETRY_SECONDS
         health.down_until = time.monotonic() + retry
-        logger.warning("database replica %r is down (%s); reads skip it for %ss",
-                       alias, str(exc).strip().splitlines()[0] if str(exc) else repr(exc), retry)
+        logger.warning(
+            "database replica %r is down (%s); reads skip it for %ss",
+            alias,
+            str(exc).strip().splitlines()[0] if str(exc) else repr(exc),
+            retry,
+        )
         return False
     return max_lag is None or not health.lagging
 

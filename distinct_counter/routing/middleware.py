@@ -28,8 +28,9 @@ __all__ = ["PinPrimaryMiddleware"]
 
 
 class PinPrimaryMiddleware:
-    """Route each request's reads with :class:`~distinct_counter.routing.router.PrimaryReplicaRouter`
-    consistently with the client's recent writes.
+    """Route each request's reads with the
+    :class:`~distinct_counter.routing.router.PrimaryReplicaRouter` consistently with the
+    client's recent writes.
 
     Every request runs in its own :func:`~distinct_counter.routing.context.routing_scope`: once it
     writes, its later reads go to the primary. A response to a request that wrote carries the
@@ -75,9 +76,12 @@ def _remember(scope: Scope | None, response: HttpResponseBase) -> HttpResponseBa
         seconds = conf.PIN_SECONDS
         samesite = conf.PIN_COOKIE_SAMESITE
         response.set_cookie(
-            conf.PIN_COOKIE, f"{time.time() + seconds:.3f}",
+            conf.PIN_COOKIE,
+            f"{time.time() + seconds:.3f}",
             # Whole seconds in the Max-Age attribute: never shorter than asked.
-            max_age=max(1, math.ceil(seconds)), secure=conf.PIN_COOKIE_SECURE,
-            httponly=conf.PIN_COOKIE_HTTPONLY, samesite=samesite,
+            max_age=max(1, math.ceil(seconds)),
+            secure=conf.PIN_COOKIE_SECURE,
+            httponly=conf.PIN_COOKIE_HTTPONLY,
+            samesite=samesite,  # type: ignore[arg-type]
         )
     return response

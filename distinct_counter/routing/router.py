@@ -92,8 +92,9 @@ class PrimaryReplicaRouter:
             return True
         return None
 
-    def allow_migrate(self, db: str, app_label: str, model_name: str | None = None,
-                      **hints: Any) -> bool | None:
+    def allow_migrate(
+        self, db: str, app_label: str, model_name: str | None = None, **hints: Any
+    ) -> bool | None:
         """Never on a replica (it is read-only and receives the primary's schema through
         replication); no opinion elsewhere."""
         if db in conf.replicas():

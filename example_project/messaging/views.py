@@ -12,8 +12,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from distinct_counter import DistinctCount
+from distinct_counter.api import counters
 from distinct_counter.models import CounterState
-from distinct_counter.counting.registry import counters_of
 from messaging.models import Message
 
 #: Messages accepted by one POST.
@@ -71,7 +71,7 @@ def counts() -> list[dict[str, Any]]:
     """Each counter of Message: its count, where it came from, its state, its last rebuild."""
     states = {s.label: s for s in CounterState.objects.all()}
     rows = []
-    for counter in counters_of(Message):
+    for counter in counters("messaging.Message"):
         result = DistinctCount.read(counter.field.name, Message)
         state = states.get(counter.label)
         rows.append({

@@ -20,7 +20,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "aliases", nargs="*", metavar="alias",
+            "aliases",
+            nargs="*",
+            metavar="alias",
             help="CACHES aliases of MasterReplicaCache caches; all of them when none is named.",
         )
         parser.add_argument("--json", action="store_true", help="Print JSON.")
@@ -43,20 +45,29 @@ class Command(BaseCommand):
         master, replica, journal = status["master"], status["replica"], status["journal"]
         lines = [f"{status['alias']}:"]
         if master["up"]:
-            lines.append(f"  master {master['alias']} ({master['location']}): up, "
-                         f"offset {master['offset']}, {len(master['replicas'])} replicas")
+            lines.append(
+                f"  master {master['alias']} ({master['location']}): up, "
+                f"offset {master['offset']}, {len(master['replicas'])} replicas"
+            )
         else:
-            lines.append(f"  master {master['alias']} ({master['location']}): DOWN, "
-                         f"{master['error']}")
+            lines.append(
+                f"  master {master['alias']} ({master['location']}): DOWN, {master['error']}"
+            )
         for fed in master["replicas"]:
-            lines.append(f"    replica {fed['address']}: {fed['state']}, offset "
-                         f"{fed['offset']}, {_lag(fed['lag'])}")
+            lines.append(
+                f"    replica {fed['address']}: {fed['state']}, offset "
+                f"{fed['offset']}, {_lag(fed['lag'])}"
+            )
         if replica["up"]:
-            lines.append(f"  node replica {replica['alias']} ({replica['location']}): up, "
-                         f"link {replica['link']}, offset {replica['offset']}, "
-                         f"{_lag(replica['lag'])}")
+            lines.append(
+                f"  node replica {replica['alias']} ({replica['location']}): up, "
+                f"link {replica['link']}, offset {replica['offset']}, "
+                f"{_lag(replica['lag'])}"
+            )
         else:
-            lines.append(f"  node replica {replica['alias']} ({replica['location']}): DOWN, "
-                         f"{replica['error']}")
+            lines.append(
+                f"  node replica {replica['alias']} ({replica['location']}): DOWN, "
+                f"{replica['error']}"
+            )
         lines.append(f"  journal: {journal['entries']} writes waiting ({journal['location']})")
         return "\n".join(lines)

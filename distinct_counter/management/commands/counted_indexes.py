@@ -20,11 +20,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("app_label", help="The app whose counted fields to index.")
         parser.add_argument(
-            "--dry-run", action="store_true",
+            "--dry-run",
+            action="store_true",
             help="Print the migration instead of writing it.",
         )
         parser.add_argument(
-            "--name", default=None,
+            "--name",
+            default=None,
             help="The migration's name after its number (default: counted_indexes).",
         )
 

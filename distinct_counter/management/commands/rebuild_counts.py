@@ -18,20 +18,25 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "names", nargs="*", metavar="app_label[.Model[.field]]",
+            "names",
+            nargs="*",
+            metavar="app_label[.Model[.field]]",
             help="Counters to rebuild or check; all when none is named.",
         )
         parser.add_argument(
-            "--check", action="store_true",
+            "--check",
+            action="store_true",
             help="Compare Redis with the database instead of writing; exit 1 on any drift.",
         )
         parser.add_argument("--json", action="store_true", help="With --check: print JSON.")
         parser.add_argument(
-            "--stale", action="store_true",
+            "--stale",
+            action="store_true",
             help="Only the counters the database knows to be stale.",
         )
         parser.add_argument(
-            "--database", default=None,
+            "--database",
+            default=None,
             help="Database alias to read from (a replica, say); default: the router's choice.",
         )
 
@@ -73,23 +78,14 @@ class Command(BaseCommand):
         return self.style.SUCCESS(line) if drift.ok else self.style.ERROR(line)
 
     def _rebuild(self, counters: list[Counter], database: str | None, verbosity: int) -> None:
+        bar = _ProgressBar(verbosity)
         for counter in counters:
-            bar = self._progress_bar(counter, verbosity)
-            done = [0]
-
-            def progress(counter: Counter, rows: int, values: int) -> None:
-                if bar is not None:
-                    bar.update(rows - done[0])
-                    bar.set_postfix(values=values)
-                    done[0] = rows
-
             try:
-                [result] = rebuild(counter, using=database, progress=progress)
+                [result] = rebuild(counter, using=database, progress=bar)
             except RebuildInProgress as exc:
                 raise CommandError(str(exc)) from None
             finally:
-                if bar is not None:
-                    bar.close()
+                bar.close()
             if verbosity >= 1:
                 self.stdout.write(
                     f"{counter.label}: {result.values} distinct values in {result.rows} rows, "
@@ -102,10 +98,29 @@ class Command(BaseCommand):
                     "rebuild_counts --check"
                 )
 
-    def _progress_bar(self, counter: Counter, verbosity: int) -> Any:
-        """A tqdm bar on an interactive terminal; none when piped or with -v 0."""
-        if verbosity < 1 or not sys.stderr.isatty():
-            return None
-        from tqdm import tqdm
 
-        return tqdm(desc=counter.label, unit=" rows", unit_scale=True, leave=False)
+class _ProgressBar:
+    """A rebuild's progress: a tqdm bar per counter on an interactive terminal; nothing when
+    piped or with -v 0."""
+
+    def __init__(self, verbosity: int) -> None:
+        self.shown = verbosity >= 1 and sys.stderr.isatty()
+        self.bar: Any = None
+        self.done = 0
+
+    def __call__(self, counter: Counter, rows: int, values: int) -> None:
+        if not self.shown:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=counter.label, unit=" rows", unit_scale=True, leave=False)
+            self.done = 0
+        self.bar.update(rows - self.done)
+        self.bar.set_postfix(values=values)
+        self.done = rows
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

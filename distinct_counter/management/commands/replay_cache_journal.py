@@ -15,7 +15,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "aliases", nargs="*", metavar="alias",
+            "aliases",
+            nargs="*",
+            metavar="alias",
             help="CACHES aliases of MasterReplicaCache caches; all of them when none is named.",
         )
 
@@ -29,8 +31,11 @@ class Command(BaseCommand):
             result = replay_journal(alias)
             left += result.left
             if options["verbosity"] >= 1:
-                self.stdout.write(f"{alias}: {result.replayed} replayed, {result.left} left "
-                                  f"({result.location})")
+                self.stdout.write(
+                    f"{alias}: {result.replayed} replayed, {result.left} left ({result.location})"
+                )
         if left:
-            raise CommandError(f"{left} journaled writes are left: the master did not take "
-                               "them; run this again once it is reachable")
+            raise CommandError(
+                f"{left} journaled writes are left: the master did not take "
+                "them; run this again once it is reachable"
+            )

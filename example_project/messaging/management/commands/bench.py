@@ -47,12 +47,10 @@ from django.db import connection, transaction
 from django.db.models import Model
 from django.test.utils import override_settings
 
-from distinct_counter import DistinctCount
-from distinct_counter.conf import conf
+from distinct_counter.api import Counter, DistinctCount, counters, rebuild
 from distinct_counter.connection import get_client
-from distinct_counter.api import rebuild
+from distinct_counter.counting.conf import conf
 from distinct_counter.embedded import free_port
-from distinct_counter.counting.registry import Counter, counters_of
 from messaging import sample
 from messaging.models import Message, PlainMessage
 
@@ -344,7 +342,7 @@ class Command(BaseCommand):
             raise CommandError("the message tables hold rows; --truncate empties them first")
         with connection.cursor() as cur:
             cur.execute(f"TRUNCATE {_table(Message)}, {_table(PlainMessage)}")
-        counters = counters_of(Message)
+        counted = tuple(counters("messaging.Message"))
         figures: list[Figure] = []
 
         load_before = [round(x, 2) for x in os.getloadavg()]
@@ -353,12 +351,12 @@ class Command(BaseCommand):
         copy_messages(rows, seed=0)
         copy_to_plain()
         analyze()
-        rebuild_all(counters)
+        rebuild_all(counted)
         self.say(verbosity, f"  loaded in {time.perf_counter() - started:.1f}s")
 
         self.say(verbosity, "DistinctCount.get against COUNT(DISTINCT)...")
         exact = True
-        for counter in counters:
+        for counter in counted:
             field = counter.field.name
             got, db = DistinctCount.read(field, Message), count_distinct(field)
             exact = exact and got.count == db and got.source == "redis"
@@ -370,9 +368,9 @@ class Command(BaseCommand):
                                   note=f"{got.count} distinct; baseline COUNT(DISTINCT {field})"))
         client = get_client(conf.CACHE, write=False)
         ping_s = median_time(client.ping, repeat=500, warmup=50)
-        get_s = median_time(lambda: DistinctCount.get(counters[0].field.name, Message),
+        get_s = median_time(lambda: DistinctCount.get(counted[0].field.name, Message),
                             repeat=500, warmup=50)
-        figures.append(figure(f"DistinctCount.get('{counters[0].field.name}') vs PING", "s",
+        figures.append(figure(f"DistinctCount.get('{counted[0].field.name}') vs PING", "s",
                               get_s, ping_s, None,
                               note="baseline: one bare Redis round trip (PING)"))
 
@@ -397,8 +395,8 @@ class Command(BaseCommand):
                               note=f"median of {repeat} rounds, per save"))
 
         self.say(verbosity, "rebuild against the bare GROUP BY...")
-        batch = int(conf.REBUILD_BATCH_SIZE)
-        for counter in counters:
+        batch = conf.REBUILD_BATCH_SIZE
+        for counter in counted:
             field = counter.field.name
             rebuild_s = median_time(lambda: rebuild(counter), repeat=3)  # noqa: B023
             query_s = median_time(lambda: group_by(field, batch), repeat=3)  # noqa: B023
@@ -412,20 +410,20 @@ class Command(BaseCommand):
                                   2.0, note="the same rebuild without its fixed wait"))
 
         self.say(verbosity, "Redis memory per distinct value...")
-        for counter in counters:
+        for counter in counted:
             per_value, raw, values = redis_bytes_per_value(counter)
             figures.append(figure(f"Redis bytes per value ('{counter.field.name}')", "B",
                                   per_value, raw, None,
                                   note=f"{values} values; baseline: their mean length"))
 
         self.say(verbosity, f"rebuild peak memory at {rows} and {rows * 5} rows...")
-        small = peak_memory(lambda: rebuild_all(counters))
+        small = peak_memory(lambda: rebuild_all(counted))
         copy_messages(rows * 4, seed=1)
         analyze()
-        big = peak_memory(lambda: rebuild_all(counters))
+        big = peak_memory(lambda: rebuild_all(counted))
         figures.append(figure(f"rebuild peak memory, {rows * 5} vs {rows} rows", "B", big,
                               small, 1.5, note="tracemalloc peak of rebuilding both counters"))
-        for counter in counters:
+        for counter in counted:
             field = counter.field.name
             exact = exact and DistinctCount.get(field, Message) == count_distinct(field)
 

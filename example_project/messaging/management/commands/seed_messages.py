@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from distinct_counter import DistinctCount
-from distinct_counter.counting.registry import counters_of
+from distinct_counter.api import counters
 from messaging import sample
 from messaging.models import Message
 
@@ -30,7 +30,7 @@ def load_messages(count: int, *, seed: int = 0, batch: int = 5000, progress: boo
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    if any(DistinctCount.read(c.field.name, Message).state != "ok" for c in counters_of(Message)):
+    if any(DistinctCount.read(c.field.name, Message).state != "ok" for c in counters("messaging.Message")):
         call_command("rebuild_counts", "messaging", verbosity=0)
 
 

@@ -1,0 +1,16 @@
+"""Settings for mypy's Django plugin: the test apps, and no server started or reached."""
+
+from __future__ import annotations
+
+SECRET_KEY = "types"
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "distinct_counter",
+    "tests.testapp",
+]
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+CACHES = {"default": {"BACKEND": "django_redis.cache.RedisCache",
+                      "LOCATION": "redis://127.0.0.1:1/0"}}
