@@ -13,23 +13,28 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from distinct_counter.api import *  # noqa: F403
 
-_API = {
-    "CountResult",
-    "CountedManager",
-    "CountedModel",
-    "CountedQuerySet",
-    "Counter",
-    "CounterUnavailable",
-    "DistinctCount",
-    "DistinctCounterError",
-    "Drift",
-    "NotCounted",
-    "RebuildInProgress",
-    "RebuildResult",
-    "check",
-    "counters",
-    "rebuild",
-}
+# The names of ``api.__all__`` (tests/test_layout.py keeps them equal), spelled out: looking
+# ``api`` up to know them would import it on every attribute probe, and
+# ``from distinct_counter import checks`` probes this module for ``checks`` first.
+_API = frozenset(
+    {
+        "CountResult",
+        "CountedManager",
+        "CountedModel",
+        "CountedQuerySet",
+        "Counter",
+        "CounterUnavailable",
+        "DistinctCount",
+        "DistinctCounterError",
+        "Drift",
+        "NotCounted",
+        "RebuildInProgress",
+        "RebuildResult",
+        "check",
+        "counters",
+        "rebuild",
+    }
+)
 
 
 def __getattr__(name: str) -> Any:

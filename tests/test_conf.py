@@ -23,7 +23,7 @@ WRONG = {
     "FALLBACK": ("zero", "E007"), "DATABASE": (3, "E006"), "ON_ERROR": ("ignore", "E007"),
     "RETRY_INTERVAL": ("5", "E008"), "SOCKET_TIMEOUT": (0, "E008"),
     "SOCKET_CONNECT_TIMEOUT": (-1, "E008"), "REBUILD_BATCH_SIZE": (2.5, "E008"),
-    "REBUILD_GRACE": (0, "E008"), "REBUILD_SETTLE": (-1, "E008"),
+    "REBUILD_GRACE": (-1, "E008"), "REBUILD_SETTLE": (-1, "E008"),
     "PRIMARY": ("", "E011"), "REPLICAS": ("replica", "E010"), "PIN_SECONDS": (0, "E013"),
     "PIN_COOKIE": ("a b", "E017"), "PIN_COOKIE_SECURE": ("yes", "E008"),
     "PIN_COOKIE_HTTPONLY": (1, "E008"), "PIN_COOKIE_SAMESITE": ("lazy", "E015"),

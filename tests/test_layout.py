@@ -113,6 +113,8 @@ def test_modules_and_functions_are_small() -> None:
 
 
 def test_the_package_reexports_exactly_the_public_api() -> None:
-    assert set(distinct_counter._API) == set(api.__all__)
+    assert distinct_counter._API == set(api.__all__)
     for name in api.__all__:
         assert getattr(distinct_counter, name) is getattr(api, name)
+    for name in ("Counted", "_private", "__wrapped__"):
+        assert not hasattr(distinct_counter, name)

@@ -9,13 +9,12 @@ from distinct_counter.conf import (
     non_negative_number,
     optional,
     positive_int,
-    positive_number,
     text,
 )
 from distinct_counter.connection import RedisSettings
 
 _CACHE_HINT = "Use the alias of a django-redis cache in CACHES."
-_SECONDS = "Use a positive number of seconds."
+_SECONDS = "Use a number of seconds, 0 or more."
 
 FALLBACK_CHOICES = ("database", "raise")
 ON_ERROR_CHOICES = ("log", "raise")
@@ -51,10 +50,8 @@ class CountingSettings(RedisSettings):
     REBUILD_BATCH_SIZE = Option(
         5000, positive_int, "distinct_counter.E008", "Use a positive integer, e.g. 5000."
     )
-    REBUILD_GRACE = Option(0.5, positive_number, "distinct_counter.E008", _SECONDS)
-    REBUILD_SETTLE = Option(
-        30.0, non_negative_number, "distinct_counter.E008", "Use a number of seconds, 0 or more."
-    )
+    REBUILD_GRACE = Option(0.5, non_negative_number, "distinct_counter.E008", _SECONDS)
+    REBUILD_SETTLE = Option(30.0, non_negative_number, "distinct_counter.E008", _SECONDS)
 
     @property
     def write_cache(self) -> str:

@@ -55,7 +55,7 @@ the INVALID index repair or the timeouts.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from django.db import DatabaseError, NotSupportedError, models
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
@@ -183,14 +183,41 @@ def _drop_concurrently(
         schema_editor.execute(index.remove_sql(model, schema_editor, concurrently=True))
 
 
-class CreateIndexConcurrently(AddIndex):
+class _Concurrently:
+    """What both operations share: refuse a transaction, do the plain operation off
+    PostgreSQL, and build or drop the state's index concurrently on it."""
+
+    atomic = False  # never wrapped in a transaction, even where DDL cannot roll back
+    model_name: str
+    model_name_lower: str
+
+    def _run(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        state: ProjectState,
+        index_name: str,
+        create: bool,
+        plain: Callable[[], None],
+    ) -> None:
+        """``plain()`` off PostgreSQL; else create (or drop) the index ``index_name`` of
+        ``state`` concurrently."""
+        _ensure_not_in_transaction(self, schema_editor)  # type: ignore[arg-type]
+        if not _is_postgresql(schema_editor):
+            return plain()
+        model = state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):  # type: ignore[attr-defined]
+            index = state.models[app_label, self.model_name_lower].get_index_by_name(index_name)
+            (_create_concurrently if create else _drop_concurrently)(schema_editor, model, index)
+        return None
+
+
+class CreateIndexConcurrently(_Concurrently, AddIndex):
     """``AddIndex`` that does not lock writes on PostgreSQL; a plain ``AddIndex`` elsewhere.
 
     Same arguments and same model state as ``AddIndex``; the migration must have
     ``atomic = False``. Reversed with ``DROP INDEX CONCURRENTLY IF EXISTS``.
     """
-
-    atomic = False  # never wrapped in a transaction, even where DDL cannot roll back
 
     def describe(self) -> str:
         return f"Concurrently create index {self.index.name} on model {self.model_name}"
@@ -202,12 +229,16 @@ class CreateIndexConcurrently(AddIndex):
         from_state: ProjectState,
         to_state: ProjectState,
     ) -> None:
-        _ensure_not_in_transaction(self, schema_editor)
-        if not _is_postgresql(schema_editor):
-            return super().database_forwards(app_label, schema_editor, from_state, to_state)
-        model = to_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            _create_concurrently(schema_editor, model, self.index)
+        self._run(
+            app_label,
+            schema_editor,
+            to_state,
+            self.index.name,
+            True,
+            lambda: super(CreateIndexConcurrently, self).database_forwards(
+                app_label, schema_editor, from_state, to_state
+            ),
+        )
 
     def database_backwards(
         self,
@@ -216,22 +247,24 @@ class CreateIndexConcurrently(AddIndex):
         from_state: ProjectState,
         to_state: ProjectState,
     ) -> None:
-        _ensure_not_in_transaction(self, schema_editor)
-        if not _is_postgresql(schema_editor):
-            return super().database_backwards(app_label, schema_editor, from_state, to_state)
-        model = from_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            _drop_concurrently(schema_editor, model, self.index)
+        self._run(
+            app_label,
+            schema_editor,
+            from_state,
+            self.index.name,
+            False,
+            lambda: super(CreateIndexConcurrently, self).database_backwards(
+                app_label, schema_editor, from_state, to_state
+            ),
+        )
 
 
-class DropIndexConcurrently(RemoveIndex):
+class DropIndexConcurrently(_Concurrently, RemoveIndex):
     """``RemoveIndex`` that does not lock writes on PostgreSQL; a plain ``RemoveIndex`` elsewhere.
 
     ``DROP INDEX CONCURRENTLY IF EXISTS`` forwards; backwards, the same build as
     :class:`CreateIndexConcurrently`. The migration must have ``atomic = False``.
     """
-
-    atomic = False
 
     def describe(self) -> str:
         return f"Concurrently remove index {self.name} from {self.model_name}"
@@ -243,13 +276,16 @@ class DropIndexConcurrently(RemoveIndex):
         from_state: ProjectState,
         to_state: ProjectState,
     ) -> None:
-        _ensure_not_in_transaction(self, schema_editor)
-        if not _is_postgresql(schema_editor):
-            return super().database_forwards(app_label, schema_editor, from_state, to_state)
-        model = from_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            index = from_state.models[app_label, self.model_name_lower].get_index_by_name(self.name)
-            _drop_concurrently(schema_editor, model, index)
+        self._run(
+            app_label,
+            schema_editor,
+            from_state,
+            self.name,
+            False,
+            lambda: super(DropIndexConcurrently, self).database_forwards(
+                app_label, schema_editor, from_state, to_state
+            ),
+        )
 
     def database_backwards(
         self,
@@ -258,10 +294,13 @@ class DropIndexConcurrently(RemoveIndex):
         from_state: ProjectState,
         to_state: ProjectState,
     ) -> None:
-        _ensure_not_in_transaction(self, schema_editor)
-        if not _is_postgresql(schema_editor):
-            return super().database_backwards(app_label, schema_editor, from_state, to_state)
-        model = to_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            index = to_state.models[app_label, self.model_name_lower].get_index_by_name(self.name)
-            _create_concurrently(schema_editor, model, index)
+        self._run(
+            app_label,
+            schema_editor,
+            to_state,
+            self.name,
+            True,
+            lambda: super(DropIndexConcurrently, self).database_backwards(
+                app_label, schema_editor, from_state, to_state
+            ),
+        )

@@ -3,36 +3,28 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandParser
 
-from distinct_counter.cache.status import cache_status, nodes
+from distinct_counter.cache.status import cache_status
+from distinct_counter.management.base import NodesCommand
 
 
 def _lag(value: int | None) -> str:
     return "lag ?" if value is None else f"lag {value} bytes"
 
 
-class Command(BaseCommand):
+class Command(NodesCommand):
     help = (
         "Show each MasterReplicaCache (all, or those named): its master, the master's "
         "replicas and their replication lag, this node's replica and its link, the journal."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "aliases",
-            nargs="*",
-            metavar="alias",
-            help="CACHES aliases of MasterReplicaCache caches; all of them when none is named.",
-        )
+        super().add_arguments(parser)
         parser.add_argument("--json", action="store_true", help="Print JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            aliases = nodes(options["aliases"])
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
-        statuses = [cache_status(alias) for alias in aliases]
+        statuses = [cache_status(alias) for alias in self.nodes(options)]
         if options["json"]:
             self.stdout.write(json.dumps(statuses, indent=2))
             return
