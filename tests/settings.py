@@ -5,18 +5,10 @@ from __future__ import annotations
 import os
 
 from tests import servers
+from tests.settings_base import *  # noqa: F403
 
 servers.ensure_started()
 
-SECRET_KEY = "tests"
-USE_TZ = True
-DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-INSTALLED_APPS = [
-    "django.contrib.contenttypes",
-    "django.contrib.auth",
-    "distinct_counter",
-    "tests.testapp",
-]
 DATABASES = {
     "default": servers.database(os.environ[servers.PG]),
     "replica": servers.database(os.environ[servers.PG_REPLICA], TEST={"MIRROR": "default"}),

@@ -1,8 +1,9 @@
-"""Settings for mypy's Django plugin: the test apps, and no server started or reached."""
+"""The test project without its servers: what ``tests.settings`` builds on, and what mypy's
+Django plugin loads (it must start nothing)."""
 
 from __future__ import annotations
 
-SECRET_KEY = "types"
+SECRET_KEY = "tests"
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 INSTALLED_APPS = [
@@ -12,5 +13,6 @@ INSTALLED_APPS = [
     "tests.testapp",
 ]
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
-CACHES = {"default": {"BACKEND": "django_redis.cache.RedisCache",
-                      "LOCATION": "redis://127.0.0.1:1/0"}}
+CACHES = {
+    "default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+}
