@@ -44,7 +44,7 @@ def clean_redis() -> Iterator[None]:
 
 
 @pytest.fixture
-def topology() -> "servers.Topology":
+def topology() -> servers.Topology:
     """The servers, for tests that stop and restart them; skipped for external servers."""
     top = servers.owned()
     if top is None:

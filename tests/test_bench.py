@@ -18,13 +18,18 @@ from tests.test_example import MANAGE, embedded_env
 pytestmark = pytest.mark.slow
 
 FIGURES = {
-    "DistinctCount.get('username')", "DistinctCount.get('city')",
+    "DistinctCount.get('username')",
+    "DistinctCount.get('city')",
     "DistinctCount.get('username') vs PING",
-    "save(), one per transaction", "save(), 1000 in one transaction",
+    "save(), one per transaction",
+    "save(), 1000 in one transaction",
     "save() with Redis down vs up",
-    "rebuild('username')", "rebuild('city')",
-    "rebuild('username'), REBUILD_GRACE 0", "rebuild('city'), REBUILD_GRACE 0",
-    "Redis bytes per value ('username')", "Redis bytes per value ('city')",
+    "rebuild('username')",
+    "rebuild('city')",
+    "rebuild('username'), REBUILD_GRACE 0",
+    "rebuild('city'), REBUILD_GRACE 0",
+    "Redis bytes per value ('username')",
+    "Redis bytes per value ('city')",
     "rebuild peak memory, 10000 vs 2000 rows",
 }
 
@@ -32,9 +37,21 @@ FIGURES = {
 def test_bench_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(MANAGE), "bench", "--rows", "2000", "--repeat", "2",
-         "--json", str(out)],
-        env=embedded_env(tmp_path / "data"), capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(MANAGE),
+            "bench",
+            "--rows",
+            "2000",
+            "--repeat",
+            "2",
+            "--json",
+            str(out),
+        ],
+        env=embedded_env(tmp_path / "data"),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())

@@ -30,12 +30,12 @@ from django.core.management import call_command
 from django.core.management.base import CommandError, SystemCheckError
 
 from distinct_counter import DistinctCount
+from distinct_counter import connection as redis_connection
+from distinct_counter.api import CountResult
 from distinct_counter.cache import status as cache_status
 from distinct_counter.cache.checks import check_master_replica_cache
 from distinct_counter.checks import check_settings
-from distinct_counter import connection as redis_connection
 from distinct_counter.connection import get_client
-from distinct_counter.api import CountResult
 from tests.conftest import distinct_in_db, wait_until
 from tests.testapp.models import Message
 
@@ -54,12 +54,18 @@ def node_caches(journal: Path, **options: Any) -> dict[str, Any]:
         **base,
         "local1": {**local, "LOCATION": "node1"},
         "local2": {**local, "LOCATION": "node2"},
-        "node1": {"BACKEND": BACKEND,
-                  "OPTIONS": {**common, "REPLICA": "replica1", "LOCAL": "local1"}},
-        "node2": {"BACKEND": BACKEND,
-                  "OPTIONS": {**common, "REPLICA": "replica2", "LOCAL": "local2"}},
-        "plain": {"BACKEND": BACKEND,
-                  "OPTIONS": {**common, "REPLICA": "replica1", "JOURNAL_FILE": str(journal)}},
+        "node1": {
+            "BACKEND": BACKEND,
+            "OPTIONS": {**common, "REPLICA": "replica1", "LOCAL": "local1"},
+        },
+        "node2": {
+            "BACKEND": BACKEND,
+            "OPTIONS": {**common, "REPLICA": "replica2", "LOCAL": "local2"},
+        },
+        "plain": {
+            "BACKEND": BACKEND,
+            "OPTIONS": {**common, "REPLICA": "replica1", "JOURNAL_FILE": str(journal)},
+        },
     }
 
 
@@ -75,8 +81,7 @@ def nodes(settings: Any, tmp_path: Path) -> Iterator[None]:
 
 
 def raw(alias: str) -> redis.Redis:
-    return redis.Redis.from_url(django_settings.CACHES[alias]["LOCATION"],
-                                socket_timeout=2)
+    return redis.Redis.from_url(django_settings.CACHES[alias]["LOCATION"], socket_timeout=2)
 
 
 def replicated(timeout: float = 10.0) -> None:
@@ -87,8 +92,9 @@ def replicated(timeout: float = 10.0) -> None:
     """
     offset = raw("default").info("replication")["master_repl_offset"]
     for alias in SERVERS[1:]:
-        wait_until(lambda a=alias: raw(a).info("replication")["slave_repl_offset"] >= offset,
-                   timeout)
+        wait_until(
+            lambda a=alias: raw(a).info("replication")["slave_repl_offset"] >= offset, timeout
+        )
 
 
 def everywhere(key: str) -> list[Any]:
@@ -99,8 +105,12 @@ def everywhere(key: str) -> list[Any]:
 
 def links_up(topology: Any) -> None:
     for replica in topology.redis_replicas:
-        wait_until(lambda r=replica: redis.Redis(port=r.port).info("replication")
-                   ["master_link_status"] == "up", timeout=30)
+        wait_until(
+            lambda r=replica: (
+                redis.Redis(port=r.port).info("replication")["master_link_status"] == "up"
+            ),
+            timeout=30,
+        )
 
 
 # -- Django's own cache-backend tests ------------------------------------------------------------
@@ -124,8 +134,20 @@ class Replicated:
     """A cache whose every write is followed by :func:`replicated`, so that reads, which go to
     the replica, see it (the ``plain`` node has no ``LOCAL`` to remember its writes)."""
 
-    WRITES = {"set", "add", "set_many", "delete", "delete_many", "incr", "decr", "touch",
-              "clear", "get_or_set", "incr_version", "decr_version"}
+    WRITES = {
+        "set",
+        "add",
+        "set_many",
+        "delete",
+        "delete_many",
+        "incr",
+        "decr",
+        "touch",
+        "clear",
+        "get_or_set",
+        "incr_version",
+        "decr_version",
+    }
 
     def __init__(self, cache: Any) -> None:
         self.cache = cache
@@ -244,8 +266,16 @@ class TestDjangoCacheAPI:
         cache.close()
 
     def test_data_types(self, cache: Any) -> None:
-        tests = {"string": "this is a string", "int": 42, "bool": True, "list": [1, 2, 3, 4],
-                 "tuple": (1, 2, 3, 4), "dict": {"A": 1, "B": 2}, "function": f, "class": C}
+        tests = {
+            "string": "this is a string",
+            "int": 42,
+            "bool": True,
+            "list": [1, 2, 3, 4],
+            "tuple": (1, 2, 3, 4),
+            "dict": {"A": 1, "B": 2},
+            "function": f,
+            "class": C,
+        }
         for key, value in tests.items():
             cache.set(key, value)
             assert cache.get(key) == value, key
@@ -273,8 +303,12 @@ class TestDjangoCacheAPI:
         assert cache.touch("nonexistent") is False
 
     def test_unicode(self, cache: Any) -> None:
-        stuff = {"ascii": "ascii_value", "unicode_ascii": "Iñtërnâtiônàlizætiøn1",
-                 "Iñtërnâtiônàlizætiøn": "Iñtërnâtiônàlizætiøn2", "ascii2": {"x": 1}}
+        stuff = {
+            "ascii": "ascii_value",
+            "unicode_ascii": "Iñtërnâtiônàlizætiøn1",
+            "Iñtërnâtiônàlizætiøn": "Iñtërnâtiônàlizætiøn2",
+            "ascii2": {"x": 1},
+        }
         for key, value in stuff.items():
             cache.set(key, value)
             assert cache.get(key) == value
@@ -332,8 +366,7 @@ class TestDjangoCacheAPI:
         assert cache.add("key2", "ham", month) is True
         assert cache.get("key2") == "ham"
         cache.set_many({"key3": "sausage", "key4": "lobster bisque"}, month)
-        assert cache.get_many(["key3", "key4"]) == {"key3": "sausage",
-                                                    "key4": "lobster bisque"}
+        assert cache.get_many(["key3", "key4"]) == {"key3": "sausage", "key4": "lobster bisque"}
 
     def test_forever_timeout(self, cache: Any) -> None:
         cache.set("key1", "eggs", None)
@@ -503,8 +536,9 @@ def killed_master(topology: Any, nodes: None) -> Iterator[Callable[[], None]]:
 
 
 @pytest.mark.parametrize("mode", ["delete", "set"])
-def test_master_killed_and_restarted(settings: Any, tmp_path: Path, topology: Any,
-                                     mode: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_master_killed_and_restarted(
+    settings: Any, tmp_path: Path, topology: Any, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
     settings.CACHES = node_caches(tmp_path / "journal", REPLAY=mode)
     redis_connection.reset()
     for alias in ("local1", "local2"):
@@ -526,7 +560,8 @@ def test_master_killed_and_restarted(settings: Any, tmp_path: Path, topology: An
         assert node2.get("doomed") == "old" and node2.get("contested") == "old"
         assert plain.get("contested") == "old"  # replica1's copy: plain has no LOCAL
         assert [r.getMessage().split(":")[0] for r in caplog.records] == [
-            "Cache master 'default' failed"]
+            "Cache master 'default' failed"
+        ]
 
         restart()
         assert everywhere("doomed") == ["old"] * 3  # the master came back with its data
@@ -565,14 +600,23 @@ def test_the_command_replays_a_file_journal_from_another_process(
         restart()
     assert everywhere("k") == ["old"] * 3
     (tmp_path / "node_settings.py").write_text(
-        "from tests.settings import *  # noqa: F403\n"
-        f"CACHES = {django_settings.CACHES!r}\n")
+        f"from tests.settings import *  # noqa: F403\nCACHES = {django_settings.CACHES!r}\n"
+    )
     repo = Path(__file__).resolve().parent.parent
     done = subprocess.run(
-        [sys.executable, "-m", "django", "replay_cache_journal", "plain",
-         "--settings=node_settings"],
-        cwd=repo, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{repo}"},
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "django",
+            "replay_cache_journal",
+            "plain",
+            "--settings=node_settings",
+        ],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{repo}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"plain: 1 replayed, 0 left (file {str(tmp_path / 'journal')!r})\n"
@@ -644,8 +688,12 @@ def test_a_journal_file_others_can_write_is_refused(
 
 @pytest.mark.django_db(transaction=True)
 def test_a_save_on_node1_is_counted_on_node2(settings: Any, nodes: None) -> None:
-    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "CACHE": "node1",
-                                 "WRITE_CACHE": "default"}
+    settings.DISTINCT_COUNTER = {
+        **settings.DISTINCT_COUNTER,
+        "CACHE": "node1",
+        "WRITE_CACHE": "default",
+    }
+
     def port(client: redis.Redis) -> int:
         return int(client.connection_pool.connection_kwargs["port"])
 
@@ -659,7 +707,8 @@ def test_a_save_on_node1_is_counted_on_node2(settings: Any, nodes: None) -> None
     replicated()
     settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "CACHE": "node2"}
     assert DistinctCount.read("city", Message) == CountResult(
-        distinct_in_db(Message, "city"), "redis", "ok")
+        distinct_in_db(Message, "city"), "redis", "ok"
+    )
     assert DistinctCount.get("city", Message) == 2
 
 
@@ -667,15 +716,19 @@ def test_a_save_on_node1_is_counted_on_node2(settings: Any, nodes: None) -> None
 def test_master_killed_a_save_commits_and_the_counter_is_stale(
     settings: Any, nodes: None, topology: Any
 ) -> None:
-    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "CACHE": "node1",
-                                 "WRITE_CACHE": "default"}
+    settings.DISTINCT_COUNTER = {
+        **settings.DISTINCT_COUNTER,
+        "CACHE": "node1",
+        "WRITE_CACHE": "default",
+    }
     call_command("rebuild_counts", "testapp.Message", verbosity=0)
     replicated()
     with master_down(topology):
         Message.objects.create(username="ann", city="Paris")
         assert Message.objects.filter(username="ann").exists()
         assert DistinctCount.read("city", Message) == CountResult(
-            distinct_in_db(Message, "city"), "database", "stale")
+            distinct_in_db(Message, "city"), "database", "stale"
+        )
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -690,8 +743,9 @@ def test_cache_status(nodes: None) -> None:
     # The master's offset only grows (its pings to the replicas count too).
     assert master["up"] and master["role"] == "master" and master["offset"] >= before
     ports = sorted(int(r["address"].split(":")[1]) for r in master["replicas"])
-    assert ports == sorted(raw(a).connection_pool.connection_kwargs["port"]
-                           for a in ("replica1", "replica2"))
+    assert ports == sorted(
+        raw(a).connection_pool.connection_kwargs["port"] for a in ("replica1", "replica2")
+    )
     for fed in master["replicas"]:
         assert fed["state"] == "online" and fed["lag"] == master["offset"] - fed["offset"]
     assert (replica["alias"], replica["up"], replica["link"]) == ("replica1", True, "up")
@@ -700,21 +754,23 @@ def test_cache_status(nodes: None) -> None:
     assert status["journal"] == {"entries": 0, "location": "cache 'local1'"}
     out = StringIO()
     call_command("cache_status", "node1", "node2", "--json", stdout=out)
-    assert [s["replica"]["alias"] for s in json.loads(out.getvalue())] == ["replica1",
-                                                                             "replica2"]
+    assert [s["replica"]["alias"] for s in json.loads(out.getvalue())] == ["replica1", "replica2"]
     out = StringIO()
     call_command("cache_status", "node1", stdout=out)
     lines = out.getvalue().splitlines()
     master_at = re.escape(django_settings.CACHES["default"]["LOCATION"])
     replica_at = re.escape(django_settings.CACHES["replica1"]["LOCATION"])
     assert len(lines) == 6 and lines[0] == "node1:"
-    assert re.fullmatch(rf"  master default \({master_at}\): up, offset \d+, 2 replicas",
-                        lines[1])
+    assert re.fullmatch(rf"  master default \({master_at}\): up, offset \d+, 2 replicas", lines[1])
     for line in lines[2:4]:
-        assert re.fullmatch(r"    replica 127\.0\.0\.1:\d+: online, offset \d+, lag \d+ bytes",
-                            line)
-    assert re.fullmatch(rf"  node replica replica1 \({replica_at}\): up, link up, "
-                        r"offset \d+, lag \d+ bytes", lines[4])
+        assert re.fullmatch(
+            r"    replica 127\.0\.0\.1:\d+: online, offset \d+, lag \d+ bytes", line
+        )
+    assert re.fullmatch(
+        rf"  node replica replica1 \({replica_at}\): up, link up, "
+        r"offset \d+, lag \d+ bytes",
+        lines[4],
+    )
     assert lines[5] == "  journal: 0 writes waiting (cache 'local1')"
 
 
@@ -749,9 +805,9 @@ def ids(messages: list[Any]) -> list[str]:
 def with_node(settings: Any, tmp_path: Path, **options: Any) -> list[Any]:
     caches_setting = node_caches(tmp_path / "journal")
     caches_setting["node1"]["OPTIONS"] = {**caches_setting["node1"]["OPTIONS"], **options}
-    caches_setting["node1"]["OPTIONS"] = {k: v for k, v in
-                                          caches_setting["node1"]["OPTIONS"].items()
-                                          if v is not None}
+    caches_setting["node1"]["OPTIONS"] = {
+        k: v for k, v in caches_setting["node1"]["OPTIONS"].items() if v is not None
+    }
     settings.CACHES = caches_setting
     return check_master_replica_cache("node1")
 
@@ -763,22 +819,26 @@ def test_the_nodes_pass_the_checks(settings: Any, tmp_path: Path) -> None:
     assert check_settings() == []
 
 
-@pytest.mark.parametrize("options,error_id,text", [
-    ({"MASTER": None}, "E020", "['MASTER'] is None"),
-    ({"REPLICA": "nowhere"}, "E021", "names the cache 'nowhere'"),
-    ({"LOCAL": "nowhere"}, "E021", "names the cache 'nowhere'"),
-    ({"REPLICA": "locmem"}, "E022", "'locmem', which is not a django-redis cache"),
-    ({"MASTER": "node2"}, "E022", "'node2', which is not a django-redis cache"),
-    ({"LOCAL": "replica1"}, "E023", "not a node-local cache"),
-    ({"LOCAL": "node2"}, "E023", "not a node-local cache"),
-    ({"REPLAY": "merge"}, "E024", "'merge'"),
-    ({"LOCAL_TTL": 0}, "E025", "LOCAL_TTL"),
-    ({"RETRY_INTERVAL": "5"}, "E025", "RETRY_INTERVAL"),
-    ({"LOCAL_TIMEOUT": 5}, "E027", "unknown keys: LOCAL_TIMEOUT"),
-    ({"JOURNAL_FILE": "/nonexistent-dir/journal"}, "E029", "does not exist"),
-])
-def test_check_ids(settings: Any, tmp_path: Path, options: dict[str, Any], error_id: str,
-                   text: str) -> None:
+@pytest.mark.parametrize(
+    "options,error_id,text",
+    [
+        ({"MASTER": None}, "E020", "['MASTER'] is None"),
+        ({"REPLICA": "nowhere"}, "E021", "names the cache 'nowhere'"),
+        ({"LOCAL": "nowhere"}, "E021", "names the cache 'nowhere'"),
+        ({"REPLICA": "locmem"}, "E022", "'locmem', which is not a django-redis cache"),
+        ({"MASTER": "node2"}, "E022", "'node2', which is not a django-redis cache"),
+        ({"LOCAL": "replica1"}, "E023", "not a node-local cache"),
+        ({"LOCAL": "node2"}, "E023", "not a node-local cache"),
+        ({"REPLAY": "merge"}, "E024", "'merge'"),
+        ({"LOCAL_TTL": 0}, "E025", "LOCAL_TTL"),
+        ({"RETRY_INTERVAL": "5"}, "E025", "RETRY_INTERVAL"),
+        ({"LOCAL_TIMEOUT": 5}, "E027", "unknown keys: LOCAL_TIMEOUT"),
+        ({"JOURNAL_FILE": "/nonexistent-dir/journal"}, "E029", "does not exist"),
+    ],
+)
+def test_check_ids(
+    settings: Any, tmp_path: Path, options: dict[str, Any], error_id: str, text: str
+) -> None:
     [error] = with_node(settings, tmp_path, **options)
     assert error.id == f"distinct_counter.{error_id}"
     assert text in error.msg and error.hint
@@ -795,16 +855,23 @@ def test_e026_master_and_replica_name_keys_differently(settings: Any, tmp_path: 
 def test_e028_ignore_exceptions_hides_failures(settings: Any, tmp_path: Path) -> None:
     caches_setting = node_caches(tmp_path / "journal")
     replica = caches_setting["replica1"]
-    caches_setting["replica1"] = {**replica, "OPTIONS": {**replica["OPTIONS"],
-                                                         "IGNORE_EXCEPTIONS": True}}
+    caches_setting["replica1"] = {
+        **replica,
+        "OPTIONS": {**replica["OPTIONS"], "IGNORE_EXCEPTIONS": True},
+    }
     settings.CACHES = caches_setting
     [error] = check_master_replica_cache("node1")
     assert error.id == "distinct_counter.E028" and "REPLICA" in error.msg
 
 
-@pytest.mark.parametrize("options,error_id", [
-    ({"MASTER": None}, "E020"), ({"LOCAL_TTL": "soon"}, "E025"), ({"REPLAY": "merge"}, "E024"),
-])
+@pytest.mark.parametrize(
+    "options,error_id",
+    [
+        ({"MASTER": None}, "E020"),
+        ({"LOCAL_TTL": "soon"}, "E025"),
+        ({"REPLAY": "merge"}, "E024"),
+    ],
+)
 def test_manage_py_check_reports_rather_than_crashes(
     settings: Any, tmp_path: Path, options: dict[str, Any], error_id: str
 ) -> None:

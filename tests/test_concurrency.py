@@ -22,26 +22,31 @@ from distinct_counter.counting.registry import resolve
 from tests.conftest import master
 from tests.testapp.models import Message
 
-pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "replica"]),
-              pytest.mark.slow]
+pytestmark = [
+    pytest.mark.django_db(transaction=True, databases=["default", "replica"]),
+    pytest.mark.slow,
+]
 
 ROOT = Path(__file__).parent.parent
 
 
-def spawn(seed: int, ops: int, stop_file: Path | None = None,
-          hot: bool = False) -> subprocess.Popen[str]:
+def spawn(
+    seed: int, ops: int, stop_file: Path | None = None, hot: bool = False
+) -> subprocess.Popen[str]:
     args = [sys.executable, "-m", "tests.workers", str(seed), str(ops)]
     if stop_file is not None:
         args.append(str(stop_file))
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
     if hot:
         env["WORKERS_CITIES"] = "3"  # a few values, each written many times a second
-    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    return subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def in_thread(fn: Any) -> threading.Thread:
     """Start ``fn`` in a thread of its own, which closes its database connections at the end."""
+
     def target() -> None:
         try:
             fn()
@@ -70,12 +75,16 @@ def assert_counters_equal_database(fields: tuple[str, ...] = ("username", "city"
         assert master().hget(counter.key("meta"), "state") == b"ok"
         in_redis = {k.decode(): int(v) for k, v in master().hgetall(counter.key("values")).items()}
         with connections["default"].cursor() as cur:
-            cur.execute(f'SELECT "{field}", COUNT(*) FROM testapp_message '
-                        f'WHERE "{field}" IS NOT NULL GROUP BY 1')
+            cur.execute(
+                f'SELECT "{field}", COUNT(*) FROM testapp_message '
+                f'WHERE "{field}" IS NOT NULL GROUP BY 1'
+            )
             in_db = {value: n for value, n in cur.fetchall()}
         assert in_redis == in_db, field
-        assert len(in_redis) == Message.objects.values(field).exclude(
-            **{field: None}).distinct().count()
+        assert (
+            len(in_redis)
+            == Message.objects.values(field).exclude(**{field: None}).distinct().count()
+        )
 
 
 def test_eight_processes_writing_at_once() -> None:
@@ -88,10 +97,15 @@ def test_eight_processes_writing_at_once() -> None:
 
 def test_rebuilds_while_writers_keep_writing(tmp_path: Path, settings: Any) -> None:
     # Writers never pause: each value settles once no write touched it for the grace.
-    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "REBUILD_GRACE": 0.5,
-                                 "REBUILD_SETTLE": 2.0, "REBUILD_BATCH_SIZE": 200}
+    settings.DISTINCT_COUNTER = {
+        **settings.DISTINCT_COUNTER,
+        "REBUILD_GRACE": 0.5,
+        "REBUILD_SETTLE": 2.0,
+        "REBUILD_BATCH_SIZE": 200,
+    }
     Message.objects.bulk_create(
-        [Message(username=f"user{i % 60}", city=f"city{i % 25}") for i in range(20000)])
+        [Message(username=f"user{i % 60}", city=f"city{i % 25}") for i in range(20000)]
+    )
     stop = tmp_path / "stop"
     procs = [spawn(100 + seed, 0, stop) for seed in range(4)]
     try:
@@ -110,21 +124,28 @@ def test_rebuilds_while_writers_keep_writing(tmp_path: Path, settings: Any) -> N
 
 
 def test_a_scan_longer_than_the_grace_needs_no_wait_after_the_swap_and_stays_exact(
-        tmp_path: Path, settings: Any) -> None:
+    tmp_path: Path, settings: Any
+) -> None:
     # The progress callback holds the rebuild after its scan began for longer than the
     # grace: every write the scan saw has reached Redis before the swap, so the first
     # window ends at the swap, while writers keep writing.
-    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "REBUILD_GRACE": 0.1,
-                                 "REBUILD_SETTLE": 5.0, "REBUILD_BATCH_SIZE": 20}
+    settings.DISTINCT_COUNTER = {
+        **settings.DISTINCT_COUNTER,
+        "REBUILD_GRACE": 0.1,
+        "REBUILD_SETTLE": 5.0,
+        "REBUILD_BATCH_SIZE": 20,
+    }
     Message.objects.bulk_create(
-        [Message(username=f"user{i % 60}", city=f"city{i % 25}") for i in range(5000)])
+        [Message(username=f"user{i % 60}", city=f"city{i % 25}") for i in range(5000)]
+    )
     stop = tmp_path / "stop"
     procs = [spawn(300 + seed, 0, stop) for seed in range(3)]
     try:
         time.sleep(1.0)
         for field in ("username", "city"):
-            rebuild(resolve(field, Message), using="default",
-                    progress=lambda *args: time.sleep(0.05))
+            rebuild(
+                resolve(field, Message), using="default", progress=lambda *args: time.sleep(0.05)
+            )
     finally:
         stop.touch()
         finish(procs)
@@ -132,12 +153,16 @@ def test_a_scan_longer_than_the_grace_needs_no_wait_after_the_swap_and_stays_exa
 
 
 def test_values_written_more_often_than_the_grace_settle_under_a_table_lock(
-        tmp_path: Path, settings: Any, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     # Six values, two writers that never pause: some value is always inside its window.
     # REBUILD_SETTLE 0 makes the rebuild turn to its last resort (a recount with the table's
     # writes paused) at once, whatever the machine's speed.
-    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "REBUILD_GRACE": 0.3,
-                                 "REBUILD_SETTLE": 0}
+    settings.DISTINCT_COUNTER = {
+        **settings.DISTINCT_COUNTER,
+        "REBUILD_GRACE": 0.3,
+        "REBUILD_SETTLE": 0,
+    }
     Message.objects.bulk_create([Message(username=f"u{i}", city=f"c{i % 6}") for i in range(500)])
     stop = tmp_path / "stop"
     procs = [spawn(200 + seed, 0, stop, hot=True) for seed in range(2)]

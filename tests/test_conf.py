@@ -19,15 +19,27 @@ from distinct_counter.routing.conf import conf as routing_conf
 
 #: A wrong value for each key, and the check id it gets.
 WRONG = {
-    "CACHE": (5, "E001"), "WRITE_CACHE": ("", "E001"), "KEY_PREFIX": ("", "E008"),
-    "FALLBACK": ("zero", "E007"), "DATABASE": (3, "E006"), "ON_ERROR": ("ignore", "E007"),
-    "RETRY_INTERVAL": ("5", "E008"), "SOCKET_TIMEOUT": (0, "E008"),
-    "SOCKET_CONNECT_TIMEOUT": (-1, "E008"), "REBUILD_BATCH_SIZE": (2.5, "E008"),
-    "REBUILD_GRACE": (-1, "E008"), "REBUILD_SETTLE": (-1, "E008"),
-    "PRIMARY": ("", "E011"), "REPLICAS": ("replica", "E010"), "PIN_SECONDS": (0, "E013"),
-    "PIN_COOKIE": ("a b", "E017"), "PIN_COOKIE_SECURE": ("yes", "E008"),
-    "PIN_COOKIE_HTTPONLY": (1, "E008"), "PIN_COOKIE_SAMESITE": ("lazy", "E015"),
-    "REPLICA_RETRY_SECONDS": (True, "E013"), "MAX_REPLICA_LAG": (0, "E014"),
+    "CACHE": (5, "E001"),
+    "WRITE_CACHE": ("", "E001"),
+    "KEY_PREFIX": ("", "E008"),
+    "FALLBACK": ("zero", "E007"),
+    "DATABASE": (3, "E006"),
+    "ON_ERROR": ("ignore", "E007"),
+    "RETRY_INTERVAL": ("5", "E008"),
+    "SOCKET_TIMEOUT": (0, "E008"),
+    "SOCKET_CONNECT_TIMEOUT": (-1, "E008"),
+    "REBUILD_BATCH_SIZE": (2.5, "E008"),
+    "REBUILD_GRACE": (-1, "E008"),
+    "REBUILD_SETTLE": (-1, "E008"),
+    "PRIMARY": ("", "E011"),
+    "REPLICAS": ("replica", "E010"),
+    "PIN_SECONDS": (0, "E013"),
+    "PIN_COOKIE": ("a b", "E017"),
+    "PIN_COOKIE_SECURE": ("yes", "E008"),
+    "PIN_COOKIE_HTTPONLY": (1, "E008"),
+    "PIN_COOKIE_SAMESITE": ("lazy", "E015"),
+    "REPLICA_RETRY_SECONDS": (True, "E013"),
+    "MAX_REPLICA_LAG": (0, "E014"),
     "LAG_CHECK_SECONDS": (None, "E013"),
 }
 
@@ -44,7 +56,9 @@ def test_a_wrong_value_is_one_check_error_and_an_error_when_read(key: str) -> No
         assert [e.id for e in errors] == [f"distinct_counter.{check_id}"]
         assert key in errors[0].msg and repr(value) in errors[0].msg and errors[0].hint
         settings_object = conf if key in CountingSettings.options() else routing_conf
-        with pytest.raises(ImproperlyConfigured, match=f"'{key}'.*{re.escape(errors[0].hint[:20])}"):
+        with pytest.raises(
+            ImproperlyConfigured, match=f"'{key}'.*{re.escape(errors[0].hint[:20])}"
+        ):
             getattr(settings_object, key)
 
 
@@ -71,8 +85,9 @@ def test_a_misconfigured_router_degrades_to_the_primary() -> None:
         assert routing_conf.primary() == "default" and routing_conf.replicas() == []
 
 
-@pytest.mark.parametrize("options,key", [({"LOCAL_TTL": "soon"}, "LOCAL_TTL"),
-                                         ({"REPLAY": "merge"}, "REPLAY")])
+@pytest.mark.parametrize(
+    "options,key", [({"LOCAL_TTL": "soon"}, "LOCAL_TTL"), ({"REPLAY": "merge"}, "REPLAY")]
+)
 def test_cache_options_are_validated_by_the_same_code(options: dict[str, Any], key: str) -> None:
     opts = CacheOptions(options={"MASTER": "default", "REPLICA": "replica1", **options})
     [error] = opts.errors()

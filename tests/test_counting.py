@@ -39,7 +39,10 @@ def assert_exact(model: type = Message, fields: tuple[str, ...] = MESSAGE_FIELDS
     for field in fields:
         result = DistinctCount.read(field, model)
         assert (field, result.source, result.count) == (
-            field, "redis", distinct_in_db(model, field)), field
+            field,
+            "redis",
+            distinct_in_db(model, field),
+        ), field
 
 
 def frequency_in_db(model: type, field: str, value: Any) -> int:
@@ -134,12 +137,15 @@ def test_null_is_not_counted_and_empty_string_is() -> None:
 
 def test_values_equal_in_the_database_count_once() -> None:
     author = AuthorFactory()
-    Item.objects.create(price=decimal.Decimal("1.1"), day=datetime.date(2024, 1, 2), qty=3,
-                        flag=True, author=author)
-    Item.objects.create(price=decimal.Decimal("1.10"), day="2024-01-02", qty="3", flag=1,
-                        author_id=author.pk)
-    Item.objects.create(price="1.100", day=datetime.date(2024, 1, 2), qty=3.0, flag="t",
-                        author=author)
+    Item.objects.create(
+        price=decimal.Decimal("1.1"), day=datetime.date(2024, 1, 2), qty=3, flag=True, author=author
+    )
+    Item.objects.create(
+        price=decimal.Decimal("1.10"), day="2024-01-02", qty="3", flag=1, author_id=author.pk
+    )
+    Item.objects.create(
+        price="1.100", day=datetime.date(2024, 1, 2), qty=3.0, flag="t", author=author
+    )
     assert_exact(Item, ITEM_FIELDS)
     assert DistinctCount.get("price", Item) == 1
     assert DistinctCount.frequency("price", decimal.Decimal("1.1"), Item) == 3
@@ -151,10 +157,24 @@ def test_values_equal_in_the_database_count_once() -> None:
     call_command("rebuild_counts", "testapp.Item", check=True, stdout=_null())
 
 
-@pytest.mark.parametrize("value", [
-    "a:b", "{testapp.item.label}:values", "}{", "line\nbreak", "tab\there", "ünïcødé ☃ 中文",
-    "x" * 1900, " padded ", "", "0", "None", "\\", "'quote\"",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a:b",
+        "{testapp.item.label}:values",
+        "}{",
+        "line\nbreak",
+        "tab\there",
+        "ünïcødé ☃ 中文",
+        "x" * 1900,
+        " padded ",
+        "",
+        "0",
+        "None",
+        "\\",
+        "'quote\"",
+    ],
+)
 def test_awkward_values_count_and_never_touch_key_names(value: str) -> None:
     Item.objects.create(label=value)
     Item.objects.create(label=value)
@@ -244,8 +264,9 @@ def test_several_models_count_separately() -> None:
 
 
 def test_not_counted_and_ambiguous_fields_name_the_counters() -> None:
-    with pytest.raises(NotCounted, match="'body' of testapp.Message is not a counted field.*"
-                                         "testapp.message.city"):
+    with pytest.raises(
+        NotCounted, match="'body' of testapp.Message is not a counted field.*testapp.message.city"
+    ):
         DistinctCount.get("body", Message)
     with pytest.raises(NotCounted, match=r"several models \(testapp.Message, testapp.Venue\)"):
         DistinctCount.get("city")
@@ -258,8 +279,12 @@ def test_not_counted_and_ambiguous_fields_name_the_counters() -> None:
 
 def test_bulk_create() -> None:
     Message.objects.bulk_create(
-        [Message(username=f"u{i % 13}", city=[None, "", "Paris", "Lyon"][i % 4])
-         for i in range(500)], batch_size=100)
+        [
+            Message(username=f"u{i % 13}", city=[None, "", "Paris", "Lyon"][i % 4])
+            for i in range(500)
+        ],
+        batch_size=100,
+    )
     assert_exact()
 
 
@@ -392,10 +417,12 @@ def test_frequency_contains_and_members_fall_back_too() -> None:
     MessageFactory.create_batch(10)
     master().flushall()
     assert DistinctCount.frequency("city", "Paris", Message) == frequency_in_db(
-        Message, "city", "Paris")
+        Message, "city", "Paris"
+    )
     assert DistinctCount.contains("city", "Lyon", Message)
     assert set(DistinctCount.members("city", Message)) == set(
-        Message.objects.exclude(city=None).values_list("city", flat=True))
+        Message.objects.exclude(city=None).values_list("city", flat=True)
+    )
 
 
 def _null() -> Any:

@@ -55,7 +55,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -87,8 +87,12 @@ def test_products_do_not_import_each_other() -> None:
         mine = next((p for p in products if name.startswith(f"distinct_counter.{p}")), None)
         if mine is None:
             continue
-        others = {t for t in targets for p in products
-                  if p != mine and t.startswith(f"distinct_counter.{p}")}
+        others = {
+            t
+            for t in targets
+            for p in products
+            if p != mine and t.startswith(f"distinct_counter.{p}")
+        }
         assert not others, f"{name} imports {others}"
 
 

@@ -30,8 +30,8 @@ from django.db.utils import ConnectionHandler, OperationalError
 from django.test.utils import CaptureQueriesContext, override_settings
 
 from distinct_counter.counting import registry
-from distinct_counter.indexes.planner import index_migration, missing_indexes
 from distinct_counter.indexes.operations import CreateIndexConcurrently, DropIndexConcurrently
+from distinct_counter.indexes.planner import index_migration, missing_indexes
 from tests.conftest import wait_until
 
 INDEX = "indexapp_visit_city_idx"
@@ -49,8 +49,13 @@ TIMEOUT = 60
 def raw_connection(autocommit: bool = True) -> Any:
     """A psycopg2 connection of its own: another session than Django's (another client)."""
     db = django_settings.DATABASES["default"]
-    conn = psycopg2.connect(host=db["HOST"], port=db["PORT"], user=db["USER"],
-                            password=db["PASSWORD"], dbname=db["NAME"])
+    conn = psycopg2.connect(
+        host=db["HOST"],
+        port=db["PORT"],
+        user=db["USER"],
+        password=db["PASSWORD"],
+        dbname=db["NAME"],
+    )
     conn.autocommit = autocommit
     return conn
 
@@ -60,19 +65,19 @@ def index_row(name: str = INDEX) -> tuple[int, bool] | None:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT c.oid, i.indisvalid FROM pg_class c "
-            "JOIN pg_index i ON i.indexrelid = c.oid WHERE c.relname = %s", [name])
+            "JOIN pg_index i ON i.indexrelid = c.oid WHERE c.relname = %s",
+            [name],
+        )
         row = cursor.fetchone()
     return None if row is None else (int(row[0]), bool(row[1]))
 
 
 def migrate(target: str) -> None:
-    call_command("migrate", "indexapp", target, verbosity=0, stdout=StringIO(),
-                 stderr=StringIO())
+    call_command("migrate", "indexapp", target, verbosity=0, stdout=StringIO(), stderr=StringIO())
 
 
 def insert(cursor: Any, city: str) -> None:
-    cursor.execute(f"INSERT INTO {TABLE} (city, referrer, country) VALUES (%s, '', 'FR')",
-                   [city])
+    cursor.execute(f"INSERT INTO {TABLE} (city, referrer, country) VALUES (%s, '', 'FR')", [city])
 
 
 class Build(threading.Thread):
@@ -115,15 +120,20 @@ def waiting_build(monitor: Any, pid: int | None, for_seconds: float = 0) -> bool
         cursor.execute(
             "SELECT wait_event_type = 'Lock' AND query LIKE 'CREATE INDEX CONCURRENTLY%%' "
             "AND now() - query_start > %s * interval '1 second' "
-            "FROM pg_stat_activity WHERE pid = %s", [for_seconds, pid])
+            "FROM pg_stat_activity WHERE pid = %s",
+            [for_seconds, pid],
+        )
         row = cursor.fetchone()
     return bool(row and row[0])
 
 
 def table_locks(monitor: Any, pid: int) -> set[str]:
     with monitor.cursor() as cursor:
-        cursor.execute("SELECT mode FROM pg_locks WHERE pid = %s AND granted "
-                       f"AND relation = '{TABLE}'::regclass", [pid])
+        cursor.execute(
+            "SELECT mode FROM pg_locks WHERE pid = %s AND granted "
+            f"AND relation = '{TABLE}'::regclass",
+            [pid],
+        )
         return {row[0] for row in cursor.fetchall()}
 
 
@@ -133,8 +143,7 @@ def table_locks(monitor: Any, pid: int) -> set[str]:
 @pytest.fixture
 def indexapp_installed() -> Iterator[None]:
     try:
-        with override_settings(
-                INSTALLED_APPS=[*django_settings.INSTALLED_APPS, "tests.indexapp"]):
+        with override_settings(INSTALLED_APPS=[*django_settings.INSTALLED_APPS, "tests.indexapp"]):
             yield
     finally:
         registry.clear_cache()  # no counter of indexapp outlives its installation
@@ -167,8 +176,9 @@ def monitor() -> Iterator[Any]:
 
 
 @pytest.fixture
-def fresh_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                     indexapp_installed: None) -> Iterator[Path]:
+def fresh_migrations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, indexapp_installed: None
+) -> Iterator[Path]:
     """indexapp's migrations as a new package holding 0001_initial only (no index yet)."""
     name = f"indexapp_migrations_{uuid.uuid4().hex}"
     package = tmp_path / name
@@ -190,7 +200,8 @@ def test_migrate_builds_a_valid_index_and_migrating_back_drops_it(indexapp: None
     with connection.cursor() as cursor:
         cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [INDEX])
         assert cursor.fetchone()[0] == (
-            f"CREATE INDEX {INDEX} ON public.{TABLE} USING btree (city)")
+            f"CREATE INDEX {INDEX} ON public.{TABLE} USING btree (city)"
+        )
     migrate("0001")
     assert index_row() is None
     migrate("0002")  # and again: nothing left behind by the way back
@@ -228,8 +239,9 @@ def test_writes_go_on_while_the_build_runs(indexapp: None, holder: Any, monitor:
         assert cursor.fetchall() == [("Lyon",), ("Paris",)]
 
 
-def test_a_plain_create_index_would_block_those_writes(indexapp: None, holder: Any,
-                                                       monitor: Any) -> None:
+def test_a_plain_create_index_would_block_those_writes(
+    indexapp: None, holder: Any, monitor: Any
+) -> None:
     """The contrast that gives the test above its meaning: the same scene with CREATE INDEX."""
     migrate("0001")
     insert(holder.cursor(), "Paris")
@@ -247,10 +259,13 @@ def test_a_plain_create_index_would_block_those_writes(indexapp: None, holder: A
     thread = threading.Thread(target=build, daemon=True)
     thread.start()
     try:
+
         def plain_waiting() -> bool:
             with monitor.cursor() as cursor:
-                cursor.execute("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                               "AND query LIKE 'CREATE INDEX plain_city%%'")
+                cursor.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'CREATE INDEX plain_city%%'"
+                )
                 return cursor.fetchone() is not None
 
         wait_until(plain_waiting, TIMEOUT)
@@ -265,8 +280,9 @@ def test_a_plain_create_index_would_block_those_writes(indexapp: None, holder: A
     assert not errors
 
 
-def test_an_invalid_index_left_by_a_cancelled_build_is_rebuilt(indexapp: None, holder: Any,
-                                                               monitor: Any) -> None:
+def test_an_invalid_index_left_by_a_cancelled_build_is_rebuilt(
+    indexapp: None, holder: Any, monitor: Any
+) -> None:
     migrate("0001")
     insert(holder.cursor(), "Paris")
     build = Build()
@@ -298,8 +314,10 @@ def test_the_name_taken_by_an_index_of_another_table_is_an_error(indexapp: None)
         cursor.execute("CREATE TABLE indexapp_other (x int)")
         cursor.execute(f"CREATE INDEX {INDEX} ON indexapp_other (x)")
     try:
-        with pytest.raises(NotSupportedError, match="belongs to another relation than "
-                                                    "indexapp_visit; rename the index"):
+        with pytest.raises(
+            NotSupportedError,
+            match="belongs to another relation than indexapp_visit; rename the index",
+        ):
             migrate("0002")
     finally:
         with connection.cursor() as cursor:
@@ -313,7 +331,8 @@ def test_a_migration_without_atomic_false_is_refused(indexapp: None) -> None:
     assert str(excinfo.value) == (
         "CreateIndexConcurrently (Concurrently create index indexapp_visit_city_idx on model "
         "visit) cannot run inside a transaction: set atomic = False on the migration that "
-        "contains it (class Migration(migrations.Migration): atomic = False).")
+        "contains it (class Migration(migrations.Migration): atomic = False)."
+    )
     assert index_row() is None
 
 
@@ -378,12 +397,18 @@ def test_state_and_migrations_agree(indexapp: None) -> None:
 # -- everywhere --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("operation", [
-    CreateIndexConcurrently(model_name="visit",
-                            index=models.Index(fields=["-city"], name="visit_city_desc",
-                                               condition=models.Q(country="FR"))),
-    DropIndexConcurrently(model_name="visit", name="visit_city_desc"),
-])
+@pytest.mark.parametrize(
+    "operation",
+    [
+        CreateIndexConcurrently(
+            model_name="visit",
+            index=models.Index(
+                fields=["-city"], name="visit_city_desc", condition=models.Q(country="FR")
+            ),
+        ),
+        DropIndexConcurrently(model_name="visit", name="visit_city_desc"),
+    ],
+)
 def test_deconstruct_round_trips_through_the_migration_writer(operation: Any) -> None:
     text, imports = OperationWriter(operation, indentation=0).serialize()
     assert text.startswith(f"distinct_counter.indexes.operations.{type(operation).__name__}(")
@@ -396,8 +421,9 @@ def test_deconstruct_round_trips_through_the_migration_writer(operation: Any) ->
 def sqlite(tmp_path: Path, django_db_blocker: Any) -> Iterator[Any]:
     """A SQLite database of its own, as the alias ``sqlite`` (querysets of the migration
     recorder look their connection up by alias)."""
-    normalized = ConnectionHandler({"default": {"ENGINE": "django.db.backends.sqlite3",
-                                                "NAME": str(tmp_path / "db.sqlite3")}})
+    normalized = ConnectionHandler(
+        {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "db.sqlite3")}}
+    )
     connections.settings["sqlite"] = normalized.settings["default"]
     try:
         with django_db_blocker.unblock():
@@ -412,8 +438,11 @@ def sqlite(tmp_path: Path, django_db_blocker: Any) -> Iterator[Any]:
 def sqlite_indexes(conn: Any) -> dict[str, list[str]]:
     with conn.cursor() as cursor:
         constraints = conn.introspection.get_constraints(cursor, TABLE)
-    return {name: c["columns"] for name, c in constraints.items()
-            if c["index"] and not c["unique"] and not c["primary_key"]}
+    return {
+        name: c["columns"]
+        for name, c in constraints.items()
+        if c["index"] and not c["unique"] and not c["primary_key"]
+    }
 
 
 def test_sqlite_falls_back_to_a_plain_create_index(indexapp_installed: None, sqlite: Any) -> None:
@@ -421,15 +450,17 @@ def test_sqlite_falls_back_to_a_plain_create_index(indexapp_installed: None, sql
     with CaptureQueriesContext(sqlite) as queries:
         executor.migrate([("indexapp", "0002_visit_city_idx")])
     assert 'CREATE INDEX "indexapp_visit_city_idx" ON "indexapp_visit" ("city")' in [
-        q["sql"] for q in queries]
+        q["sql"] for q in queries
+    ]
     assert sqlite_indexes(sqlite)[INDEX] == ["city"]
     executor.loader.build_graph()
     executor.migrate([("indexapp", "0001_initial")])
     assert INDEX not in sqlite_indexes(sqlite)
 
 
-def test_sqlite_refuses_a_migration_without_atomic_false(indexapp_installed: None,
-                                                         sqlite: Any) -> None:
+def test_sqlite_refuses_a_migration_without_atomic_false(
+    indexapp_installed: None, sqlite: Any
+) -> None:
     """The guard holds on SQLite too, so the mistake shows in development."""
     with override_settings(MIGRATION_MODULES={"indexapp": "tests.indexapp.migrations_atomic"}):
         executor = MigrationExecutor(sqlite)
@@ -487,7 +518,9 @@ def test_counted_indexes_dry_run_prints_the_migration(fresh_migrations: Path) ->
     assert header.startswith("# Generated by Django ") and blank == ""
     assert rest == EXPECTED_MIGRATION + EXPECTED_SUMMARY
     assert sorted(p.name for p in fresh_migrations.glob("*.py")) == [
-        "0001_initial.py", "__init__.py"]
+        "0001_initial.py",
+        "__init__.py",
+    ]
 
 
 def test_counted_indexes_writes_the_migration(fresh_migrations: Path, indexapp: None) -> None:
@@ -508,8 +541,10 @@ def test_counted_indexes_names_the_migration(fresh_migrations: Path) -> None:
     migration = index_migration("indexapp", name="visit_indexes")
     assert migration.name == "0002_visit_indexes"
     assert migration.path == str(fresh_migrations / "0002_visit_indexes.py")
-    assert [m.label for m in migration.indexes] == ["indexapp.Visit.city",
-                                                    "indexapp.Visit.referrer"]
+    assert [m.label for m in migration.indexes] == [
+        "indexapp.Visit.city",
+        "indexapp.Visit.referrer",
+    ]
     assert [m.declared for m in migration.indexes] == [True, False]
 
 
@@ -523,20 +558,27 @@ def test_counted_indexes_unknown_app() -> None:
 
 
 def test_counted_indexes_app_without_migrations(indexapp_installed: None) -> None:
-    with override_settings(MIGRATION_MODULES={"indexapp": None}), \
-            pytest.raises(CommandError, match="has no migrations; run makemigrations indexapp"):
+    with (
+        override_settings(MIGRATION_MODULES={"indexapp": None}),
+        pytest.raises(CommandError, match="has no migrations; run makemigrations indexapp"),
+    ):
         counted_indexes("indexapp")
 
 
 def test_counted_indexes_leaves_pending_migrations_to_makemigrations(
-        fresh_migrations: Path) -> None:
+    fresh_migrations: Path,
+) -> None:
     """``country``'s db_index is in the model, not in the migrations: only a note."""
     initial = fresh_migrations / "0001_initial.py"
-    initial.write_text(initial.read_text().replace(
-        "models.CharField(db_index=True, max_length=2)", "models.CharField(max_length=2)"))
+    initial.write_text(
+        initial.read_text().replace(
+            "models.CharField(db_index=True, max_length=2)", "models.CharField(max_length=2)"
+        )
+    )
     out = counted_indexes("indexapp", "--dry-run")
     assert out.splitlines()[0] == (
         "indexapp.Visit.country: indexed in the model but not in the migrations; makemigrations "
         "would add that index with a plain (write-locking) CREATE INDEX: declare it in "
-        "Meta.indexes instead and run counted_indexes again.")
+        "Meta.indexes instead and run counted_indexes again."
+    )
     assert [m.field for m in missing_indexes("indexapp")] == ["city", "referrer"]

@@ -66,7 +66,7 @@ def queryset_delete(username: str) -> None:
 
 
 def bulk_update(pick: int, city: str | None) -> None:
-    rows = list(Message.objects.order_by("pk")[pick % 5:][:3])
+    rows = list(Message.objects.order_by("pk")[pick % 5 :][:3])
     for row in rows:
         row.city = city
     Message.objects.bulk_update(rows, ["city"])
@@ -82,8 +82,10 @@ simple_ops = st.one_of(
     st.tuples(st.just(bulk_update), picks, cities),
 )
 # A block is run in a transaction (or savepoint) that commits or rolls back.
-blocks = st.tuples(st.sampled_from(["commit", "rollback", "savepoint_rollback"]),
-                   st.lists(simple_ops, min_size=1, max_size=4))
+blocks = st.tuples(
+    st.sampled_from(["commit", "rollback", "savepoint_rollback"]),
+    st.lists(simple_ops, min_size=1, max_size=4),
+)
 programs = st.lists(st.one_of(simple_ops, blocks), min_size=1, max_size=8)
 
 
@@ -99,13 +101,13 @@ def run(op: tuple[Any, ...]) -> None:
             if mode == "savepoint_rollback":
                 try:
                     with transaction.atomic():
-                        for inner in ops[len(ops) // 2:]:
+                        for inner in ops[len(ops) // 2 :]:
                             run(inner)
                         raise Rollback
                 except Rollback:
                     pass
             else:
-                for inner in ops[len(ops) // 2:]:
+                for inner in ops[len(ops) // 2 :]:
                     run(inner)
             if mode == "rollback":
                 raise Rollback
@@ -118,8 +120,12 @@ def built() -> None:
     call_command("rebuild_counts", verbosity=0)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(program=programs)
 def test_counters_equal_the_database_after_any_program(program: list[tuple[Any, ...]]) -> None:
     # Examples run one after the other on the same tables: the counters must stay exact across
@@ -129,4 +135,6 @@ def test_counters_equal_the_database_after_any_program(program: list[tuple[Any, 
     for counter in counters_of(Message):
         [drift] = check(counter)
         assert drift.ok, (counter.label, drift.as_dict())
-        assert DistinctCount.get(counter.field.name, Message) == distinct_in_db(Message, counter.field.name)
+        assert DistinctCount.get(counter.field.name, Message) == distinct_in_db(
+            Message, counter.field.name
+        )

@@ -32,9 +32,16 @@ def test_rebuild_builds_every_counter_from_the_database() -> None:
     out = run()
     lines = out.splitlines()
     assert [line.split(":")[0] for line in lines] == [
-        "testapp.message.username", "testapp.message.city", "testapp.item.price",
-        "testapp.item.day", "testapp.item.qty", "testapp.item.flag", "testapp.item.author",
-        "testapp.item.label", "testapp.venue.city"]
+        "testapp.message.username",
+        "testapp.message.city",
+        "testapp.item.price",
+        "testapp.item.day",
+        "testapp.item.qty",
+        "testapp.item.flag",
+        "testapp.item.author",
+        "testapp.item.label",
+        "testapp.venue.city",
+    ]
     assert lines[1].startswith("testapp.message.city: 4 distinct values in 24 rows, ")
     assert DistinctCount.read("city", Message).source == "redis"
     assert DistinctCount.get("city", Message) == distinct_in_db(Message, "city") == 4
@@ -52,11 +59,14 @@ def test_quiet_with_verbosity_zero() -> None:
     assert run("testapp.Message", verbosity=0) == ""
 
 
-@pytest.mark.parametrize("name", ["nope", "testapp.Nope", "testapp.Message.body",
-                                  "testapp.Message.city.extra"])
+@pytest.mark.parametrize(
+    "name", ["nope", "testapp.Nope", "testapp.Message.body", "testapp.Message.city.extra"]
+)
 def test_unknown_names_are_a_command_error(name: str) -> None:
-    with pytest.raises(CommandError, match=f"'{name}' names no counted model or field; "
-                                           "counters: testapp.message.username"):
+    with pytest.raises(
+        CommandError,
+        match=f"'{name}' names no counted model or field; counters: testapp.message.username",
+    ):
         run(name)
 
 
@@ -70,17 +80,22 @@ def test_check_finds_writes_the_orm_cannot_see() -> None:
     run("testapp.Message", verbosity=0)
     assert "testapp.message.city: ok" in run("testapp.Message", check=True)
     with connection.cursor() as cur:  # another application writes the table
-        cur.execute("INSERT INTO testapp_message (username, city, body) "
-                    "VALUES ('raw', 'RawCity', ''), ('raw', 'Paris', '')")
+        cur.execute(
+            "INSERT INTO testapp_message (username, city, body) "
+            "VALUES ('raw', 'RawCity', ''), ('raw', 'Paris', '')"
+        )
         cur.execute("DELETE FROM testapp_message WHERE city = 'Lyon'")
     out = StringIO()
-    with pytest.raises(CommandError, match="drift in testapp.message.username, "
-                                           "testapp.message.city") as exc:
+    with pytest.raises(
+        CommandError, match="drift in testapp.message.username, testapp.message.city"
+    ) as exc:
         call_command("rebuild_counts", "testapp.Message", check=True, stdout=out)
     assert exc.value.returncode == 1
     city = [line for line in out.getvalue().splitlines() if "message.city" in line][0]
-    assert city == ("testapp.message.city: DRIFT (state ok): redis 4, database 4 distinct; "
-                    "missing 1, extra 1, wrong 1; e.g. 'Paris', 'RawCity'")
+    assert city == (
+        "testapp.message.city: DRIFT (state ok): redis 4, database 4 distinct; "
+        "missing 1, extra 1, wrong 1; e.g. 'Paris', 'RawCity'"
+    )
     run("testapp.Message", verbosity=0)
     assert "DRIFT" not in run("testapp.Message", check=True)
 
@@ -93,12 +108,19 @@ def test_check_json_for_monitoring() -> None:
     with pytest.raises(CommandError):
         call_command("rebuild_counts", "testapp.Message.city", check=True, json=True, stdout=out)
     report = json.loads(out.getvalue())
-    assert report == [{
-        "counter": "testapp.message.city", "state": "ok", "ok": False,
-        "redis_distinct": distinct_in_db(Message, "city") + 1,
-        "db_distinct": distinct_in_db(Message, "city"), "missing": 0, "extra": 1, "wrong": 0,
-        "examples": [],
-    }]
+    assert report == [
+        {
+            "counter": "testapp.message.city",
+            "state": "ok",
+            "ok": False,
+            "redis_distinct": distinct_in_db(Message, "city") + 1,
+            "db_distinct": distinct_in_db(Message, "city"),
+            "missing": 0,
+            "extra": 1,
+            "wrong": 0,
+            "examples": [],
+        }
+    ]
 
 
 def test_check_reports_a_counter_never_built() -> None:

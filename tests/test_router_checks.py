@@ -68,10 +68,12 @@ def test_primary_or_replica_missing_from_databases_is_e006(routed: Any) -> None:
     assert ids(check_router()) == ["distinct_counter.E006"] * 2
 
 
-@pytest.mark.parametrize("replicas,why", [(["default"], "PRIMARY"),
-                                          (["replica", "replica"], "twice")])
-def test_e012_replica_is_the_primary_or_listed_twice(routed: Any, replicas: list[str],
-                                                     why: str) -> None:
+@pytest.mark.parametrize(
+    "replicas,why", [(["default"], "PRIMARY"), (["replica", "replica"], "twice")]
+)
+def test_e012_replica_is_the_primary_or_listed_twice(
+    routed: Any, replicas: list[str], why: str
+) -> None:
     routed.DISTINCT_COUNTER = {"REPLICAS": replicas}
     [error] = check_router()
     assert error.id == "distinct_counter.E012" and why in error.msg
@@ -114,8 +116,11 @@ def test_e016_samesite_none_needs_secure(routed: Any) -> None:
     routed.DISTINCT_COUNTER = {"REPLICAS": ["replica"], "PIN_COOKIE_SAMESITE": "None"}
     [error] = check_router()
     assert error.id == "distinct_counter.E016" and "PIN_COOKIE_SECURE" in error.hint
-    routed.DISTINCT_COUNTER = {"REPLICAS": ["replica"], "PIN_COOKIE_SAMESITE": "None",
-                               "PIN_COOKIE_SECURE": True}
+    routed.DISTINCT_COUNTER = {
+        "REPLICAS": ["replica"],
+        "PIN_COOKIE_SAMESITE": "None",
+        "PIN_COOKIE_SECURE": True,
+    }
     assert check_router() == []
 
 
@@ -128,8 +133,10 @@ def test_e017_cookie_name_invalid(routed: Any, value: Any) -> None:
 def test_e018_lag_on_a_replica_that_is_not_postgresql(routed: Any) -> None:
     with warnings.catch_warnings():  # Only the check reads it; no connection is made.
         warnings.simplefilter("ignore")
-        routed.DATABASES = {**routed.DATABASES, "lite": {
-            "ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+        routed.DATABASES = {
+            **routed.DATABASES,
+            "lite": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+        }
     routed.DISTINCT_COUNTER = {"REPLICAS": ["replica", "lite"], "MAX_REPLICA_LAG": 2}
     [error] = check_router()
     assert error.id == "distinct_counter.E018" and "'lite'" in error.msg

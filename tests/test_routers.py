@@ -22,13 +22,11 @@ from django.test import AsyncClient, Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import path
 
-from distinct_counter.routing import health
-from distinct_counter.routing.health import replica_states
-from distinct_counter.routing.router import PrimaryReplicaRouter
-from distinct_counter.routing.conf import conf
 from distinct_counter.api import DistinctCount, rebuild
-from distinct_counter.models import CounterState
 from distinct_counter.counting.registry import resolve
+from distinct_counter.models import CounterState
+from distinct_counter.routing import health
+from distinct_counter.routing.conf import conf
 from distinct_counter.routing.context import (
     mark_written,
     routing_scope,
@@ -36,6 +34,8 @@ from distinct_counter.routing.context import (
     use_replica,
     wrote,
 )
+from distinct_counter.routing.health import replica_states
+from distinct_counter.routing.router import PrimaryReplicaRouter
 from distinct_counter.testing import mirror_replicas
 from tests.conftest import distinct_in_db, wait_until
 from tests.testapp.models import Author, Message
@@ -52,8 +52,11 @@ TIMEOUT = 30.0
 def routed(settings: Any) -> Iterator[None]:
     """The router on, with the real replica; each test in its own routing scope."""
     settings.DATABASE_ROUTERS = [ROUTER]
-    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "REPLICAS": ["replica"],
-                                 "REPLICA_RETRY_SECONDS": 0.2}
+    settings.DISTINCT_COUNTER = {
+        **settings.DISTINCT_COUNTER,
+        "REPLICAS": ["replica"],
+        "REPLICA_RETRY_SECONDS": 0.2,
+    }
     health.reset()
     with routing_scope():
         yield
@@ -82,8 +85,9 @@ def _replica_sql(sql: str, params: list[Any] | None = None) -> Any:
 
 def wait_for_replay(timeout: float = TIMEOUT) -> None:
     lsn = _primary_lsn()
-    wait_until(lambda: _replica_sql("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn]),
-               timeout)
+    wait_until(
+        lambda: _replica_sql("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn]), timeout
+    )
 
 
 @contextmanager
@@ -92,8 +96,9 @@ def replay_paused() -> Iterator[None]:
     wait_for_replay()
     _replica_sql("SELECT pg_wal_replay_pause()")
     try:
-        wait_until(lambda: _replica_sql("SELECT pg_get_wal_replay_pause_state()") == "paused",
-                   TIMEOUT)
+        wait_until(
+            lambda: _replica_sql("SELECT pg_get_wal_replay_pause_state()") == "paused", TIMEOUT
+        )
         yield
     finally:
         _replica_sql("SELECT pg_wal_replay_resume()")
@@ -117,8 +122,10 @@ def test_writes_and_migrations_go_to_the_primary() -> None:
 
 def test_reads_go_to_the_replica_at_no_query_cost() -> None:
     reads()  # Opens the replica's connection.
-    with CaptureQueriesContext(connections["replica"]) as on_replica, \
-            CaptureQueriesContext(connections["default"]) as on_primary:
+    with (
+        CaptureQueriesContext(connections["replica"]) as on_replica,
+        CaptureQueriesContext(connections["default"]) as on_primary,
+    ):
         assert {reads() for _ in range(50)} == {"replica"}
     assert on_replica.captured_queries == on_primary.captured_queries == []
     with CaptureQueriesContext(connections["replica"]) as on_replica:
@@ -270,8 +277,11 @@ def test_stopped_replica_is_skipped_then_used_again(topology: Any, web: None) ->
 
 
 def test_lagging_replica_is_skipped(settings: Any) -> None:
-    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "MAX_REPLICA_LAG": 0.5,
-                                 "LAG_CHECK_SECONDS": 0.05}
+    settings.DISTINCT_COUNTER = {
+        **settings.DISTINCT_COUNTER,
+        "MAX_REPLICA_LAG": 0.5,
+        "LAG_CHECK_SECONDS": 0.05,
+    }
     with routing_scope():
         # Caught up (an earlier test's last write may still be replaying, and looks old).
         wait_for_replay()
@@ -290,8 +300,11 @@ def test_lagging_replica_is_skipped(settings: Any) -> None:
 
 
 def test_lag_is_checked_at_most_every_lag_check_seconds(settings: Any) -> None:
-    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "MAX_REPLICA_LAG": 30,
-                                 "LAG_CHECK_SECONDS": 60}
+    settings.DISTINCT_COUNTER = {
+        **settings.DISTINCT_COUNTER,
+        "MAX_REPLICA_LAG": 30,
+        "LAG_CHECK_SECONDS": 60,
+    }
     with CaptureQueriesContext(connections["replica"]) as on_replica:
         assert {reads() for _ in range(50)} == {"replica"}
     assert len(on_replica.captured_queries) == 1
@@ -367,8 +380,10 @@ async def aread_view(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns = [
-    path("write/", write_view), path("read/", read_view),
-    path("awrite/", awrite_view), path("aread/", aread_view),
+    path("write/", write_view),
+    path("read/", read_view),
+    path("awrite/", awrite_view),
+    path("aread/", aread_view),
 ]
 
 
@@ -404,8 +419,12 @@ def test_expired_or_garbled_cookie_does_not_pin(web: None) -> None:
 
 def test_cookie_attributes_follow_the_settings(web: None, settings: Any) -> None:
     settings.DISTINCT_COUNTER = {
-        **settings.DISTINCT_COUNTER, "PIN_SECONDS": 0.5, "PIN_COOKIE": "pin",
-        "PIN_COOKIE_SECURE": True, "PIN_COOKIE_HTTPONLY": False, "PIN_COOKIE_SAMESITE": "Strict",
+        **settings.DISTINCT_COUNTER,
+        "PIN_SECONDS": 0.5,
+        "PIN_COOKIE": "pin",
+        "PIN_COOKIE_SECURE": True,
+        "PIN_COOKIE_HTTPONLY": False,
+        "PIN_COOKIE_SAMESITE": "Strict",
     }
     cookie = Client().post("/write/", {"username": "c"}).cookies["pin"]
     assert cookie["max-age"] == 1 and cookie["secure"] and cookie["samesite"] == "Strict"
@@ -420,8 +439,9 @@ def test_async_requests_each_keep_their_own_pin(web: None) -> None:
         written = await writer.post("/awrite/", {"username": "async"})
         assert conf.PIN_COOKIE in written.cookies  # the write in sync_to_async pinned it
         rendezvous = Rendezvous(2)
-        responses = await asyncio.gather(writer.get("/aread/?username=async"),
-                                         AsyncClient().get("/aread/?username=async"))
+        responses = await asyncio.gather(
+            writer.get("/aread/?username=async"), AsyncClient().get("/aread/?username=async")
+        )
         return [json.loads(r.content) for r in responses]
 
     with replay_paused():
@@ -461,7 +481,8 @@ def test_threads_each_keep_their_own_pin() -> None:
 
 def test_mirror_replicas() -> None:
     databases: dict[str, dict[str, Any]] = {
-        "default": {"NAME": "app"}, "r1": {"NAME": "app", "TEST": {"NAME": "x"}},
+        "default": {"NAME": "app"},
+        "r1": {"NAME": "app", "TEST": {"NAME": "x"}},
         "r2": {"NAME": "app"},
     }
     mirrored = mirror_replicas(databases, ["r1", "r2"])

@@ -21,9 +21,21 @@ def test_counting_tests_pass_on_sqlite() -> None:
     if os.environ.get("DISTINCT_COUNTER_SQLITE_RUN"):
         pytest.skip("already inside the SQLite run")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "--ds=tests.settings_sqlite",
-         "tests/test_counting.py", "tests/test_properties.py"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:randomly",
+            "--ds=tests.settings_sqlite",
+            "tests/test_counting.py",
+            "tests/test_properties.py",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
         env={**os.environ, "DISTINCT_COUNTER_SQLITE_RUN": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]

@@ -52,12 +52,12 @@ def main(seed: int, ops: int, stop_file: str | None) -> None:
                 row.delete()
         elif kind < 0.82:
             Message.objects.bulk_create(
-                [Message(username=rnd.choice(USERS), city=rnd.choice(CITIES)) for _ in range(5)])
+                [Message(username=rnd.choice(USERS), city=rnd.choice(CITIES)) for _ in range(5)]
+            )
         elif kind < 0.88:
             row = some_row()
             if row is not None:
-                Message.objects.filter(pk__in=[row.pk, row.pk + 1]).update(
-                    city=rnd.choice(CITIES))
+                Message.objects.filter(pk__in=[row.pk, row.pk + 1]).update(city=rnd.choice(CITIES))
         elif kind < 0.92:
             row = some_row()
             if row is not None:
@@ -66,8 +66,7 @@ def main(seed: int, ops: int, stop_file: str | None) -> None:
             try:
                 with transaction.atomic():
                     for _ in range(rnd.randint(1, 4)):
-                        Message.objects.create(username=rnd.choice(USERS),
-                                               city=rnd.choice(CITIES))
+                        Message.objects.create(username=rnd.choice(USERS), city=rnd.choice(CITIES))
                         row = some_row()
                         if row is not None:
                             row.city = rnd.choice(CITIES)

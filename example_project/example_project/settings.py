@@ -50,9 +50,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # -- databases ---------------------------------------------------------------------------------
 
 DATABASES: dict[str, Any] = {
-    "default": (dj_database_url.parse(os.environ["DATABASE_URL"]) if os.environ.get("DATABASE_URL")
-                else {"ENGINE": "django.db.backends.sqlite3", "NAME": str(DATA_DIR / "db.sqlite3"),
-                      "OPTIONS": {"timeout": 20}}),
+    "default": (
+        dj_database_url.parse(os.environ["DATABASE_URL"])
+        if os.environ.get("DATABASE_URL")
+        else {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(DATA_DIR / "db.sqlite3"),
+            "OPTIONS": {"timeout": 20},
+        }
+    ),
 }
 DISTINCT_COUNTER: dict[str, Any] = {"CACHE": "default"}
 
@@ -68,8 +74,11 @@ if _replicas:
 
 
 def _redis(url: str) -> dict[str, Any]:
-    return {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": url,
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5}}
+    return {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": url,
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5},
+    }
 
 
 _master = redis_master_url(DATA_DIR)
@@ -77,10 +86,15 @@ if os.environ.get("REDIS_REPLICA_URL"):
     CACHES = {
         "master": _redis(_master),
         "replica": _redis(os.environ["REDIS_REPLICA_URL"]),
-        "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-                  "LOCATION": "example-local", "OPTIONS": {"MAX_ENTRIES": 10_000}},
-        "default": {"BACKEND": "distinct_counter.cache.backend.MasterReplicaCache",
-                    "OPTIONS": {"MASTER": "master", "REPLICA": "replica", "LOCAL": "local"}},
+        "local": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "example-local",
+            "OPTIONS": {"MAX_ENTRIES": 10_000},
+        },
+        "default": {
+            "BACKEND": "distinct_counter.cache.backend.MasterReplicaCache",
+            "OPTIONS": {"MASTER": "master", "REPLICA": "replica", "LOCAL": "local"},
+        },
     }
     DISTINCT_COUNTER["WRITE_CACHE"] = "master"
 else:

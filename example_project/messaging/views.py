@@ -56,8 +56,10 @@ def ingest(request: HttpRequest) -> JsonResponse:
         if form.is_valid():
             messages.append(form.save(commit=False))
         else:
-            errors[str(i)] = {field: [e["message"] for e in errs]
-                              for field, errs in form.errors.get_json_data().items()}
+            errors[str(i)] = {
+                field: [e["message"] for e in errs]
+                for field, errs in form.errors.get_json_data().items()
+            }
     if errors:
         return _error("invalid message(s); nothing was saved", errors=errors)
     if len(messages) == 1:
@@ -74,11 +76,15 @@ def counts() -> list[dict[str, Any]]:
     for counter in counters("messaging.Message"):
         result = DistinctCount.read(counter.field.name, Message)
         state = states.get(counter.label)
-        rows.append({
-            "field": counter.field.name, "count": result.count, "source": result.source,
-            "state": result.state,
-            "rebuilt_at": state.rebuilt_at.isoformat() if state and state.rebuilt_at else None,
-        })
+        rows.append(
+            {
+                "field": counter.field.name,
+                "count": result.count,
+                "source": result.source,
+                "state": result.state,
+                "rebuilt_at": state.rebuilt_at.isoformat() if state and state.rebuilt_at else None,
+            }
+        )
     return rows
 
 
@@ -89,5 +95,6 @@ def stats(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 def status(request: HttpRequest) -> HttpResponse:
-    return render(request, "messaging/status.html",
-                  {"counts": counts(), "messages": Message.objects.count()})
+    return render(
+        request, "messaging/status.html", {"counts": counts(), "messages": Message.objects.count()}
+    )

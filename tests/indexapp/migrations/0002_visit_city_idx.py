@@ -1,18 +1,18 @@
-import distinct_counter.indexes.operations
 from django.db import migrations, models
+
+import distinct_counter.indexes.operations
 
 
 class Migration(migrations.Migration):
-
     atomic = False
 
     dependencies = [
-        ('indexapp', '0001_initial'),
+        ("indexapp", "0001_initial"),
     ]
 
     operations = [
         distinct_counter.indexes.operations.CreateIndexConcurrently(
-            model_name='visit',
-            index=models.Index(fields=['city'], name='indexapp_visit_city_idx'),
+            model_name="visit",
+            index=models.Index(fields=["city"], name="indexapp_visit_city_idx"),
         ),
     ]

@@ -30,7 +30,10 @@ def load_messages(count: int, *, seed: int = 0, batch: int = 5000, progress: boo
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    if any(DistinctCount.read(c.field.name, Message).state != "ok" for c in counters("messaging.Message")):
+    if any(
+        DistinctCount.read(c.field.name, Message).state != "ok"
+        for c in counters("messaging.Message")
+    ):
         call_command("rebuild_counts", "messaging", verbosity=0)
 
 
@@ -46,7 +49,8 @@ class Command(BaseCommand):
         if count < 0 or batch < 1:
             raise CommandError("count must be >= 0 and --batch >= 1")
         verbosity = int(options["verbosity"])
-        load_messages(count, seed=seed, batch=batch,
-                      progress=verbosity >= 1 and sys.stderr.isatty())
+        load_messages(
+            count, seed=seed, batch=batch, progress=verbosity >= 1 and sys.stderr.isatty()
+        )
         if verbosity >= 1:
             self.stdout.write(f"{count} messages added; {Message.objects.count()} in all")
