@@ -18,7 +18,7 @@ import atexit
 import os
 from urllib.parse import urlparse
 
-from distinct_counter.embedded import Topology
+from distinct_counter.testing.servers import Topology
 
 __all__ = ["Topology"]
 

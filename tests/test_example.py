@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from distinct_counter.embedded import free_port
+from distinct_counter.testing.servers import free_port
 
 ROOT = Path(__file__).parent.parent
 MANAGE = ROOT / "example_project" / "manage.py"

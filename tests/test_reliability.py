@@ -22,9 +22,9 @@ from django.db import transaction
 
 from distinct_counter import DistinctCount
 from distinct_counter import connection as redis_connection
-from distinct_counter.embedded import RedisServer
 from distinct_counter.exceptions import CounterUnavailable
 from distinct_counter.models import CounterState
+from distinct_counter.testing.servers import RedisServer
 from tests.conftest import distinct_in_db, master, wait_until
 from tests.servers import redis_cache
 from tests.testapp.models import Message

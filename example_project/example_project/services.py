@@ -20,7 +20,7 @@ def redis_master_url(data_dir: Path) -> str:
         return url
     import redis
 
-    from distinct_counter.embedded import RedisServer
+    from distinct_counter.testing.servers import RedisServer
 
     server = RedisServer(data_dir / "redis").start()
     client = redis.Redis(port=server.port)

@@ -13,9 +13,9 @@ a noisy or shared machine moves both sides alike:
   against the bytes of the values themselves.
 
 When the default database is not PostgreSQL (the example's embedded SQLite), the command
-starts a throwaway PostgreSQL server and Redis server (``distinct_counter.embedded``) and runs
-itself again in a subprocess pointed at them (``DATABASE_URL``, ``REDIS_MASTER_URL``), then
-stops them. On a PostgreSQL you configured yourself it empties the two message tables first,
+starts a throwaway PostgreSQL server and Redis server (``distinct_counter.testing.servers``)
+and runs itself again in a subprocess pointed at them (``DATABASE_URL``,
+``REDIS_MASTER_URL``), then stops them. On a PostgreSQL you configured yourself it empties the two message tables first,
 so it asks for ``--truncate`` when they hold rows.
 """
 
@@ -51,8 +51,8 @@ from distinct_counter import DistinctCount
 from distinct_counter.conf import conf
 from distinct_counter.connection import get_client
 from distinct_counter.counting import rebuild
-from distinct_counter.embedded import free_port
 from distinct_counter.registry import Counter, counters_of
+from distinct_counter.testing.servers import free_port
 from messaging import sample
 from messaging.models import Message, PlainMessage
 
@@ -295,7 +295,7 @@ class Command(BaseCommand):
 
     def on_throwaway_servers(self, options: dict[str, Any]) -> None:
         """Start PostgreSQL and Redis, run ``bench`` again against them, stop them."""
-        from distinct_counter.embedded import PostgresServer, RedisServer
+        from distinct_counter.testing.servers import PostgresServer, RedisServer
 
         root = Path(tempfile.mkdtemp(prefix="distinct_counter-bench-"))
         verbosity = int(options["verbosity"])

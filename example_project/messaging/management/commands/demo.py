@@ -109,7 +109,7 @@ class Command(BaseCommand):
     # -- the whole topology ------------------------------------------------------------------
 
     def topology(self, options: dict[str, Any]) -> None:
-        from distinct_counter.embedded import Topology, free_port
+        from distinct_counter.testing.servers import Topology, free_port
 
         if shutil.which("gunicorn") is None and not (Path(sys.executable).parent / "gunicorn").exists():
             raise CommandError("gunicorn is needed: pip install -e '.[example]'")

@@ -1,4 +1,9 @@
-"""Helpers for the test settings of projects that use the primary/replica router."""
+"""Test and demo helpers, kept apart from the library: no module of the library imports them.
+
+``mirror_replicas`` (here) is for the test settings of projects that use the primary/replica
+router; ``distinct_counter.testing.servers`` starts throwaway PostgreSQL and Redis servers for
+the test suite and the example project's demo.
+"""
 
 from __future__ import annotations
 

