@@ -103,8 +103,14 @@ def _pg_user() -> pwd.struct_passwd | None:
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)
     subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-         _PG_USER_FALLBACK],
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            _PG_USER_FALLBACK,
+        ],
         check=True,
     )
     return pwd.getpwnam(_PG_USER_FALLBACK)
@@ -135,11 +141,18 @@ class PostgresServer:
     def _run(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
         kwargs: dict[str, object] = {}
         if self.proc_user is not None:
-            kwargs = {"user": self.proc_user.pw_uid, "group": self.proc_user.pw_gid,
-                      "extra_groups": []}
+            kwargs = {
+                "user": self.proc_user.pw_uid,
+                "group": self.proc_user.pw_gid,
+                "extra_groups": [],
+            }
         return subprocess.run(  # type: ignore[call-overload, no-any-return]
-            [str(a) for a in args], check=check, capture_output=True, text=True,
-            cwd=self.datadir.parent, **kwargs,
+            [str(a) for a in args],
+            check=check,
+            capture_output=True,
+            text=True,
+            cwd=self.datadir.parent,
+            **kwargs,
         )
 
     def _tool(self, name: str) -> Path:
@@ -160,44 +173,96 @@ class PostgresServer:
             _make_reachable(self.postgres)
             os.chown(self.datadir.parent, self.proc_user.pw_uid, self.proc_user.pw_gid)
         if self.primary is None:
-            self._run(self._tool("initdb"), "-D", self.datadir, "-U", "postgres",
-                      "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync")
+            self._run(
+                self._tool("initdb"),
+                "-D",
+                self.datadir,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
         else:
-            self._run(self._tool("pg_basebackup"), "-h", "127.0.0.1", "-p",
-                      str(self.primary.port), "-U", "postgres", "-D", self.datadir,
-                      "-R", "-X", "stream", "-c", "fast", "--no-sync")
+            self._run(
+                self._tool("pg_basebackup"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.primary.port),
+                "-U",
+                "postgres",
+                "-D",
+                self.datadir,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            )
         return self
 
     def start(self, timeout: float = 60) -> PostgresServer:
         settings = {
-            "port": str(self.port), "listen_addresses": "127.0.0.1",
-            "unix_socket_directories": "", "max_connections": "200", "hot_standby": "on",
-            "wal_level": "replica", "max_wal_senders": "10",
-            "hot_standby_feedback": "on", "wal_receiver_status_interval": "1",
+            "port": str(self.port),
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": "",
+            "max_connections": "200",
+            "hot_standby": "on",
+            "wal_level": "replica",
+            "max_wal_senders": "10",
+            "hot_standby_feedback": "on",
+            "wal_receiver_status_interval": "1",
         }
         if not self.durable:
-            settings.update({"fsync": "off", "synchronous_commit": "off",
-                             "full_page_writes": "off"})
+            settings.update(
+                {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+            )
         # pg_ctl hands -o to a shell: '' is an empty value, i.e. no Unix socket at all.
         opts = " ".join(f"-c {k}={v or chr(39) * 2}" for k, v in settings.items())
-        self._run(self._tool("pg_ctl"), "-D", self.datadir, "-l", self.datadir / "server.log",
-                  "-o", opts, "-w", "-t", str(int(timeout)), "start")
+        self._run(
+            self._tool("pg_ctl"),
+            "-D",
+            self.datadir,
+            "-l",
+            self.datadir / "server.log",
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "start",
+        )
         _wait_for_port(self.port, timeout)
         return self
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``mode`` is pg_ctl's: smart, fast or immediate)."""
-        self._run(self._tool("pg_ctl"), "-D", self.datadir, "-m", mode, "-w", "stop",
-                  check=False)
+        self._run(self._tool("pg_ctl"), "-D", self.datadir, "-m", mode, "-w", "stop", check=False)
 
     def is_running(self) -> bool:
-        return self._run(self._tool("pg_ctl"), "-D", self.datadir, "status",
-                         check=False).returncode == 0
+        return (
+            self._run(self._tool("pg_ctl"), "-D", self.datadir, "status", check=False).returncode
+            == 0
+        )
 
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         """Run one statement through ``psql`` and return its unaligned output."""
-        return self._run(self._tool("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
-                         "postgres", "-d", dbname, "-XAtqc", sql).stdout.strip()
+        return self._run(
+            self._tool("psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            dbname,
+            "-XAtqc",
+            sql,
+        ).stdout.strip()
 
 
 @dataclass
@@ -215,14 +280,38 @@ class RedisServer:
 
     def start(self, timeout: float = 30) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.workdir), "--save", "", "--appendonly", "no",
-                "--daemonize", "no", "--logfile", str(self.workdir / "redis.log")]
+        args = [
+            str(self.binary),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.workdir / "redis.log"),
+        ]
         if self.master is not None:
-            args += ["--replicaof", "127.0.0.1", str(self.master.port),
-                     "--repl-diskless-load", "on-empty-db"]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+            args += [
+                "--replicaof",
+                "127.0.0.1",
+                str(self.master.port),
+                "--repl-diskless-load",
+                "on-empty-db",
+            ]
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         _wait_for_port(self.port, timeout, self.proc)
         return self
 
@@ -259,15 +348,18 @@ class Topology:
     redis_replicas: list[RedisServer]
 
     @classmethod
-    def start(cls, root: Path | None = None, *, redis_replicas: int = 2,
-              dbname: str = "distinct_counter") -> Topology:
+    def start(
+        cls, root: Path | None = None, *, redis_replicas: int = 2, dbname: str = "distinct_counter"
+    ) -> Topology:
         root = Path(root or tempfile.mkdtemp(prefix="distinct_counter-"))
         primary = PostgresServer(root / "pg-primary" / "data").init().start()
         primary.psql(f'CREATE DATABASE "{dbname}"')
         replica = PostgresServer(root / "pg-replica" / "data", primary=primary).init().start()
         master = RedisServer(root / "redis-master").start()
-        replicas = [RedisServer(root / f"redis-replica-{i + 1}", master=master).start()
-                    for i in range(redis_replicas)]
+        replicas = [
+            RedisServer(root / f"redis-replica-{i + 1}", master=master).start()
+            for i in range(redis_replicas)
+        ]
         return cls(root, primary, replica, master, replicas)
 
     def servers(self) -> Iterator[PostgresServer | RedisServer]:
