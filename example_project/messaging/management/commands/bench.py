@@ -15,8 +15,9 @@ a noisy or shared machine moves both sides alike:
 When the default database is not PostgreSQL (the example's embedded SQLite), the command
 starts a throwaway PostgreSQL server and Redis server (``distinct_counter.testing.servers``)
 and runs itself again in a subprocess pointed at them (``DATABASE_URL``,
-``REDIS_MASTER_URL``), then stops them. On a PostgreSQL you configured yourself it empties the two message tables first,
-so it asks for ``--truncate`` when they hold rows.
+``REDIS_MASTER_URL``), then stops them (on SIGTERM too, as on Ctrl-C). On a PostgreSQL you
+configured yourself it empties the two message tables first, so it asks for ``--truncate``
+when they hold rows.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -52,7 +52,7 @@ from distinct_counter.conf import conf
 from distinct_counter.connection import get_client
 from distinct_counter.counting import rebuild
 from distinct_counter.registry import Counter, counters_of
-from distinct_counter.testing.servers import free_port
+from distinct_counter.testing.servers import exit_on_sigterm, free_port
 from messaging import sample
 from messaging.models import Message, PlainMessage
 
@@ -286,6 +286,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["rows"] < 10 or options["repeat"] < 1:
             raise CommandError("--rows must be >= 10 and --repeat >= 1")
+        exit_on_sigterm()
         if options["json"]:
             options["json"] = str(Path(options["json"]).resolve())
         if connection.vendor != "postgresql":
@@ -295,9 +296,9 @@ class Command(BaseCommand):
 
     def on_throwaway_servers(self, options: dict[str, Any]) -> None:
         """Start PostgreSQL and Redis, run ``bench`` again against them, stop them."""
-        from distinct_counter.testing.servers import PostgresServer, RedisServer
+        from distinct_counter.testing.servers import PostgresServer, RedisServer, temp_root
 
-        root = Path(tempfile.mkdtemp(prefix="distinct_counter-bench-"))
+        root = temp_root("distinct_counter-bench-")
         verbosity = int(options["verbosity"])
         if verbosity >= 1:
             self.stdout.write(f"{connection.vendor} is not PostgreSQL: starting a throwaway "

@@ -8,6 +8,10 @@ from an earlier run are added), print each distinct count from Redis next to the
 PostgreSQL primary and its streaming replica, a Redis master and two replicas, and two Django
 nodes served by gunicorn, each reading its own Redis replica. A message posted to node 1 is
 shown counted on node 2.
+
+SIGTERM (``timeout``, systemd, ``docker stop``) stops it as Ctrl-C does: the nodes and servers
+are stopped and the temporary directory deleted. Should the command die without cleaning up
+(SIGKILL), the reaper of ``distinct_counter.testing.servers`` does it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
 from distinct_counter import DistinctCount
+from distinct_counter.testing.servers import exit_on_sigterm
 from messaging.management.commands.seed_messages import load_messages
 from messaging.models import Message
 
@@ -71,6 +76,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["rows"] < 0:
             raise CommandError("--rows must be >= 0")
+        exit_on_sigterm()
         if options["topology"]:
             self.topology(options)
         else:
@@ -109,7 +115,7 @@ class Command(BaseCommand):
     # -- the whole topology ------------------------------------------------------------------
 
     def topology(self, options: dict[str, Any]) -> None:
-        from distinct_counter.testing.servers import Topology, free_port
+        from distinct_counter.testing.servers import Topology, free_port, stop_at_exit
 
         if shutil.which("gunicorn") is None and not (Path(sys.executable).parent / "gunicorn").exists():
             raise CommandError("gunicorn is needed: pip install -e '.[example]'")
@@ -137,7 +143,9 @@ class Command(BaseCommand):
             for port, env in zip(ports, envs):
                 nodes.append(subprocess.Popen(
                     [gunicorn, "example_project.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2",
-                     "--chdir", str(PROJECT_DIR), "--log-level", "warning", *extra], env=env))
+                     "--chdir", str(PROJECT_DIR), "--log-level", "warning", *extra], env=env,
+                    cwd=PROJECT_DIR))
+                stop_at_exit(nodes[-1].pid, PROJECT_DIR)
             urls = [f"http://127.0.0.1:{port}" for port in ports]
             for url in urls:
                 _wait_for(lambda u=url: _get(u + "/api/stats"))  # type: ignore[misc]
