@@ -407,6 +407,9 @@ class RedisServer:
             "no",
             "--logfile",
             str(self.workdir / "redis.log"),
+            # A replica's first sync at once: Redis 7 (Debian's) waits 5 s by default.
+            "--repl-diskless-sync-delay",
+            "0",
         ]
         if self.master is not None:
             args += [
