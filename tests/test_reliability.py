@@ -48,8 +48,12 @@ def stopped_master(topology: Any, built: None) -> Iterator[RedisServer]:
         if not server.is_running():
             server.start()
         for replica in topology.redis_replicas:
-            wait_until(lambda r=replica: redis.Redis(port=r.port).info("replication")
-                       ["master_link_status"] == "up", timeout=30)
+            wait_until(
+                lambda r=replica: (
+                    redis.Redis(port=r.port).info("replication")["master_link_status"] == "up"
+                ),
+                timeout=30,
+            )
         redis_connection.reset()
 
 
@@ -58,7 +62,9 @@ def use_cache(settings: Any, url: str) -> None:
 
 
 def errors_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "distinct_counter" and r.levelno >= logging.ERROR]
+    return [
+        r for r in caplog.records if r.name == "distinct_counter" and r.levelno >= logging.ERROR
+    ]
 
 
 def test_saves_commit_while_redis_is_stopped(
@@ -90,7 +96,8 @@ def test_counters_come_back_exact_after_restart_and_rebuild(stopped_master: Redi
     assert (result.source, result.state, result.count) == ("database", "missing", 1)
     call_command("rebuild_counts", verbosity=0)
     assert DistinctCount.read("city", Message) == (
-        DistinctCount.read("city", Message).__class__(1, "redis", "ok"))
+        DistinctCount.read("city", Message).__class__(1, "redis", "ok")
+    )
     assert CounterState.objects.get(label="testapp.message.city").stale_since is None
 
 
@@ -125,12 +132,19 @@ def test_timeout_marks_stale_and_the_mark_survives_a_process_restart(
     from distinct_counter import counting
 
     counting._pending_stale.clear()
-    code = ("import django; django.setup(); from distinct_counter import DistinctCount; "
-            "from tests.testapp.models import Message; r = DistinctCount.read('city', Message); "
-            "print(r.state, r.source, r.count)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
-                         cwd=Path(__file__).parent.parent).stdout.split()
+    code = (
+        "import django; django.setup(); from distinct_counter import DistinctCount; "
+        "from tests.testapp.models import Message; r = DistinctCount.read('city', Message); "
+        "print(r.state, r.source, r.count)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        cwd=Path(__file__).parent.parent,
+    ).stdout.split()
     assert out == ["stale", "database", "2"]
     assert master().hget("distinct_counter:{testapp.message.city}:meta", "state") == b"stale"
     call_command("rebuild_counts", "--stale", verbosity=0)
@@ -228,8 +242,11 @@ def test_circuit_breaker_skips_redis_until_the_retry_interval(settings: Any) -> 
 
 
 def test_on_error_raise(stopped_master: RedisServer, settings: Any) -> None:
-    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "ON_ERROR": "raise",
-                                 "RETRY_INTERVAL": 60}
+    settings.DISTINCT_COUNTER = {
+        **settings.DISTINCT_COUNTER,
+        "ON_ERROR": "raise",
+        "RETRY_INTERVAL": 60,
+    }
     # The first write discovers the failure after its commit, and says so.
     with pytest.raises(CounterUnavailable, match="marked stale"):
         Message.objects.create(username="a", city="Paris")
