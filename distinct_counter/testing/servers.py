@@ -112,7 +112,7 @@ class _Reaper:
         self.fd = -1
         self.procs: list[subprocess.Popen[bytes]] = []  # kept: no "still running" warning
 
-    def tell(self, *fields: str | Path) -> None:
+    def tell(self, *fields: str | Path | int) -> None:
         line = "\t".join(str(f) for f in fields)
         if "\n" in line or line.count("\t") != len(fields) - 1:
             raise ValueError(f"cannot pass {fields!r} to the reaper")
