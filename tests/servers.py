@@ -18,7 +18,7 @@ import atexit
 import os
 from urllib.parse import urlparse
 
-from distinct_counter.embedded import Topology
+from distinct_counter.testing.servers import Topology
 
 __all__ = ["Topology"]
 
@@ -56,12 +56,19 @@ def owned() -> Topology | None:
 def database(url: str, **extra: object) -> dict[str, object]:
     parts = urlparse(url)
     return {
-        "ENGINE": "django.db.backends.postgresql", "NAME": parts.path.lstrip("/"),
-        "USER": parts.username or "postgres", "PASSWORD": parts.password or "",
-        "HOST": parts.hostname, "PORT": parts.port, **extra,
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parts.path.lstrip("/"),
+        "USER": parts.username or "postgres",
+        "PASSWORD": parts.password or "",
+        "HOST": parts.hostname,
+        "PORT": parts.port,
+        **extra,
     }
 
 
 def redis_cache(url: str) -> dict[str, object]:
-    return {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": url,
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5}}
+    return {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": url,
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5},
+    }

