@@ -31,14 +31,14 @@ ROOT = Path(__file__).parent.parent
 # killed: it never stops them itself.
 SERVE = """
 import json, time
-from distinct_counter.testing import servers
+from distinct_counter.testing import reaper, servers
 root = servers.temp_root("distinct_counter-test-")
 pg = servers.PostgresServer(root / "pg" / "data").init().start()
 redis = servers.RedisServer(root / "redis").start()
 print(json.dumps({
     "root": str(root), "redis_pid": redis.proc.pid, "redis_port": redis.port,
     "pg_pid": int((pg.datadir / "postmaster.pid").read_text().split()[0]), "pg_port": pg.port,
-    "reaper_pid": servers._reaper.procs[-1].pid,
+    "reaper_pid": reaper._reaper.procs[-1].pid,
 }), flush=True)
 time.sleep(600)
 """

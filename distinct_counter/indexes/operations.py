@@ -11,13 +11,13 @@ migrations (the migration must say ``atomic = False``: PostgreSQL refuses a conc
 inside a transaction)::
 
     from django.db import migrations, models
-    import distinct_counter.operations
+    import distinct_counter.indexes.operations
 
     class Migration(migrations.Migration):
         atomic = False
         dependencies = [("messaging", "0001_initial")]
         operations = [
-            distinct_counter.operations.CreateIndexConcurrently(
+            distinct_counter.indexes.operations.CreateIndexConcurrently(
                 model_name="message",
                 index=models.Index(fields=["city"], name="messaging_m_city_3a1c5e_idx"),
             ),

@@ -1,15 +1,16 @@
 """A primary/replica database router that keeps each request's and task's reads consistent.
 
-``DATABASE_ROUTERS = ["distinct_counter.routers.PrimaryReplicaRouter"]`` with
+``DATABASE_ROUTERS = ["distinct_counter.routing.router.PrimaryReplicaRouter"]`` with
 ``DISTINCT_COUNTER["REPLICAS"] = ["replica1", ...]`` sends writes and migrations to the primary
 (``DISTINCT_COUNTER["PRIMARY"]``, ``"default"``) and reads to a replica picked at random among
 those that are up and not lagging, except when a stale answer would surprise:
 
 * after the current request or task wrote (it reads its own writes from the primary);
 * while a transaction is open on the primary (it reads its own uncommitted rows);
-* when the client is pinned by :class:`~distinct_counter.middleware.PinPrimaryMiddleware`
+* when the client is pinned by :class:`~distinct_counter.routing.middleware.PinPrimaryMiddleware`
   (the request after a writing one, e.g. the redirect after a POST);
-* inside :func:`use_primary` (and never inside :func:`use_replica`).
+* inside :func:`~distinct_counter.routing.context.use_primary` (and never inside
+  :func:`~distinct_counter.routing.context.use_replica`).
 
 The state lives in ``ContextVar`` objects, so it follows a request through async views and
 ``sync_to_async`` and each thread has its own. Replica health is remembered per process: a
