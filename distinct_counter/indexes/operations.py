@@ -55,7 +55,8 @@ the INVALID index repair or the timeouts.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from django.db import DatabaseError, NotSupportedError, models
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
@@ -188,28 +189,55 @@ class _Concurrently:
     PostgreSQL, and build or drop the state's index concurrently on it."""
 
     atomic = False  # never wrapped in a transaction, even where DDL cannot roll back
+    #: Whether running forwards creates the index (backwards then drops it), or the reverse.
+    creates: bool
     model_name: str
     model_name_lower: str
+
+    @property
+    def index_name(self) -> str:
+        raise NotImplementedError
+
+    def database_forwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
+        self._run(app_label, schema_editor, from_state, to_state, forwards=True)
+
+    def database_backwards(
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
+    ) -> None:
+        self._run(app_label, schema_editor, from_state, to_state, forwards=False)
 
     def _run(
         self,
         app_label: str,
         schema_editor: BaseDatabaseSchemaEditor,
-        state: ProjectState,
-        index_name: str,
-        create: bool,
-        plain: Callable[[], None],
+        from_state: ProjectState,
+        to_state: ProjectState,
+        forwards: bool,
     ) -> None:
-        """``plain()`` off PostgreSQL; else create (or drop) the index ``index_name`` of
-        ``state`` concurrently."""
         _ensure_not_in_transaction(self, schema_editor)  # type: ignore[arg-type]
         if not _is_postgresql(schema_editor):
-            return plain()
+            parent: Any = super()
+            plain = parent.database_forwards if forwards else parent.database_backwards
+            plain(app_label, schema_editor, from_state, to_state)
+            return
+        create = self.creates == forwards
+        state = to_state if create else from_state  # the state in which the index exists
         model = state.apps.get_model(app_label, self.model_name)
         if self.allow_migrate_model(schema_editor.connection.alias, model):  # type: ignore[attr-defined]
-            index = state.models[app_label, self.model_name_lower].get_index_by_name(index_name)
+            index = state.models[app_label, self.model_name_lower].get_index_by_name(
+                self.index_name
+            )
             (_create_concurrently if create else _drop_concurrently)(schema_editor, model, index)
-        return None
 
 
 class CreateIndexConcurrently(_Concurrently, AddIndex):
@@ -219,44 +247,14 @@ class CreateIndexConcurrently(_Concurrently, AddIndex):
     ``atomic = False``. Reversed with ``DROP INDEX CONCURRENTLY IF EXISTS``.
     """
 
+    creates = True
+
+    @property
+    def index_name(self) -> str:
+        return str(self.index.name)
+
     def describe(self) -> str:
         return f"Concurrently create index {self.index.name} on model {self.model_name}"
-
-    def database_forwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        self._run(
-            app_label,
-            schema_editor,
-            to_state,
-            self.index.name,
-            True,
-            lambda: super(CreateIndexConcurrently, self).database_forwards(
-                app_label, schema_editor, from_state, to_state
-            ),
-        )
-
-    def database_backwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        self._run(
-            app_label,
-            schema_editor,
-            from_state,
-            self.index.name,
-            False,
-            lambda: super(CreateIndexConcurrently, self).database_backwards(
-                app_label, schema_editor, from_state, to_state
-            ),
-        )
 
 
 class DropIndexConcurrently(_Concurrently, RemoveIndex):
@@ -266,41 +264,11 @@ class DropIndexConcurrently(_Concurrently, RemoveIndex):
     :class:`CreateIndexConcurrently`. The migration must have ``atomic = False``.
     """
 
+    creates = False
+
+    @property
+    def index_name(self) -> str:
+        return self.name
+
     def describe(self) -> str:
         return f"Concurrently remove index {self.name} from {self.model_name}"
-
-    def database_forwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        self._run(
-            app_label,
-            schema_editor,
-            from_state,
-            self.name,
-            False,
-            lambda: super(DropIndexConcurrently, self).database_forwards(
-                app_label, schema_editor, from_state, to_state
-            ),
-        )
-
-    def database_backwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        self._run(
-            app_label,
-            schema_editor,
-            to_state,
-            self.name,
-            True,
-            lambda: super(DropIndexConcurrently, self).database_backwards(
-                app_label, schema_editor, from_state, to_state
-            ),
-        )
