@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,23 @@ def finish(procs: list[subprocess.Popen[str]]) -> list[tuple[int, int]]:
     return results
 
 
+@contextlib.contextmanager
+def writers_running(
+    tmp_path: Path, seeds: range, hot: bool = False
+) -> Iterator[list[tuple[int, int]]]:
+    """Writer processes that keep writing (one per seed) while the block runs, a second after
+    they started; the list it yields receives their results once they stopped."""
+    stop = tmp_path / "stop"
+    procs = [spawn(seed, 0, stop, hot=hot) for seed in seeds]
+    results: list[tuple[int, int]] = []
+    try:
+        time.sleep(1.0)
+        yield results
+    finally:
+        stop.touch()
+        results += finish(procs)
+
+
 def assert_counters_equal_database(fields: tuple[str, ...] = ("username", "city")) -> None:
     """Value by value: the Redis hash holds exactly the database's GROUP BY."""
     for field in fields:
@@ -106,17 +125,11 @@ def test_rebuilds_while_writers_keep_writing(tmp_path: Path, settings: Any) -> N
     Message.objects.bulk_create(
         [Message(username=f"user{i % 60}", city=f"city{i % 25}") for i in range(20000)]
     )
-    stop = tmp_path / "stop"
-    procs = [spawn(100 + seed, 0, stop) for seed in range(4)]
-    try:
-        time.sleep(1.0)
+    with writers_running(tmp_path, range(100, 104)) as results:
         for database in ("default", "replica", "default"):
             # No counter to start from on the first rebuild: it is built under the writers.
             call_command("rebuild_counts", "testapp.Message", database=database, verbosity=0)
             time.sleep(0.5)
-    finally:
-        stop.touch()
-        results = finish(procs)
     assert all(done > 0 for done, _ in results)
     # Exact once the writers stop, without a second rebuild.
     assert_counters_equal_database()
@@ -138,17 +151,11 @@ def test_a_scan_longer_than_the_grace_needs_no_wait_after_the_swap_and_stays_exa
     Message.objects.bulk_create(
         [Message(username=f"user{i % 60}", city=f"city{i % 25}") for i in range(5000)]
     )
-    stop = tmp_path / "stop"
-    procs = [spawn(300 + seed, 0, stop) for seed in range(3)]
-    try:
-        time.sleep(1.0)
+    with writers_running(tmp_path, range(300, 303)):
         for field in ("username", "city"):
             rebuild(
                 resolve(field, Message), using="default", progress=lambda *args: time.sleep(0.05)
             )
-    finally:
-        stop.touch()
-        finish(procs)
     assert_counters_equal_database()
 
 
@@ -164,15 +171,9 @@ def test_values_written_more_often_than_the_grace_settle_under_a_table_lock(
         "REBUILD_SETTLE": 0,
     }
     Message.objects.bulk_create([Message(username=f"u{i}", city=f"c{i % 6}") for i in range(500)])
-    stop = tmp_path / "stop"
-    procs = [spawn(200 + seed, 0, stop, hot=True) for seed in range(2)]
-    try:
-        time.sleep(1.0)
+    with writers_running(tmp_path, range(200, 202), hot=True):
         with caplog.at_level("INFO", logger="distinct_counter"):
             [result] = rebuild(resolve("city", Message), using="default")
-    finally:
-        stop.touch()
-        finish(procs)
     assert result.settled is True
     assert "with writes paused" in caplog.text
     assert_counters_equal_database(("city",))

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -191,12 +192,24 @@ def read_until(proc: subprocess.Popen[str], pattern: str, timeout: float = 300) 
     raise AssertionError(f"no line matched {pattern!r}:\n" + "".join(seen)[-3000:])
 
 
-def kill_leftovers(directory: Path) -> None:
-    """So that a failing test leaks nothing either."""
-    for pid in {*working_in(directory), *started_under(directory)}:
-        with contextlib.suppress(ProcessLookupError):  # a PostgreSQL worker gone with its master
-            os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(directory, ignore_errors=True)
+@contextlib.contextmanager
+def running(
+    args: list[str], env: dict[str, str], leftovers: Path, **kwargs: Any
+) -> Iterator[subprocess.Popen[str]]:
+    """``args`` started with its output piped; killed after the block, with whatever it left
+    under ``leftovers`` (the test's directory), so that a failing test leaks nothing either."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True, **kwargs)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+        for pid in {*working_in(leftovers), *started_under(leftovers)}:
+            with contextlib.suppress(ProcessLookupError):  # a PostgreSQL worker, gone already
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(leftovers, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -205,10 +218,7 @@ def test_servers_and_directory_go_with_their_process(tmp_path: Path, sig: signal
     """Neither signal lets the process clean up (SIGTERM's default action is to die at once):
     the reaper stops the servers and deletes their directory."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE], env=env, stdout=subprocess.PIPE, text=True
-    )
-    try:
+    with running([sys.executable, "-c", SERVE], env, tmp_path) as proc:
         started = json.loads(read_until(proc, r"^\{"))
         root = Path(started["root"])
         pids = [started["redis_pid"], started["pg_pid"]]
@@ -224,12 +234,6 @@ def test_servers_and_directory_go_with_their_process(tmp_path: Path, sig: signal
         assert not any(map(listening, ports))
         assert eventually(lambda: not root.exists()), sorted(root.rglob("*"))[:20]
         assert eventually(lambda: not alive(started["reaper_pid"])), "the reaper stayed"
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
-        kill_leftovers(tmp_path)
 
 
 @pytest.mark.slow
@@ -242,14 +246,9 @@ def test_demo_stopped_with_sigterm_leaves_nothing(tmp_path: Path, topology: bool
     temp.mkdir()
     port = free_port()
     args = ["--topology"] if topology else ["--addrport", f"127.0.0.1:{port}"]
-    proc = subprocess.Popen(
-        [sys.executable, str(MANAGE), "demo", "--rows", "200", *args],
-        env={**embedded_env(data_dir), "TMPDIR": str(temp), "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
+    env = {**embedded_env(data_dir), "TMPDIR": str(temp), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, str(MANAGE), "demo", "--rows", "200", *args]
+    with running(command, env, tmp_path, stderr=subprocess.STDOUT) as proc:
         serving = read_until(proc, r"^Status pages?: ", timeout=600)
         ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", serving)]
         assert eventually(lambda: all(map(listening, ports)))
@@ -266,9 +265,3 @@ def test_demo_stopped_with_sigterm_leaves_nothing(tmp_path: Path, topology: bool
         assert eventually(lambda: not any(temp.iterdir())), list(temp.iterdir())
         if not topology:
             assert (data_dir / "redis" / "dump.rdb").exists()  # saved, as after Ctrl-C
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
-        kill_leftovers(tmp_path)
