@@ -92,7 +92,7 @@ class Settings:
         """The valid value of option ``name``, or ``fallback`` when it is invalid: for the
         system checks that look past one invalid option to the others, and for code that
         chooses to degrade rather than fail (the router sends reads to the primary)."""
-        option = self.options()[name]
+        option: Option[Any] = getattr(type(self), name)
         try:
             return option.parse(self.raw().get(name, option.default))
         except ValueError:
