@@ -7,13 +7,15 @@ master/replica cache and the index operations are configured by their dotted pat
 
 from __future__ import annotations
 
+from django.db import models
+
 from distinct_counter.counting import drift
 from distinct_counter.counting import rebuild as rebuilding
 from distinct_counter.counting.drift import Drift
 from distinct_counter.counting.queryset import CountedManager, CountedQuerySet
 from distinct_counter.counting.reads import CountResult, DistinctCount
 from distinct_counter.counting.rebuild import Progress, RebuildResult
-from distinct_counter.counting.registry import Counter, counters_named
+from distinct_counter.counting.registry import Counter, counters_named, counters_of
 from distinct_counter.exceptions import (
     CounterUnavailable,
     DistinctCounterError,
@@ -41,15 +43,20 @@ __all__ = [
 ]
 
 
-def counters(*names: str | Counter, stale: bool = False) -> list[Counter]:
+def counters(*names: str | Counter | type[models.Model], stale: bool = False) -> list[Counter]:
     """The counters named: ``"app_label"``, ``"app_label.Model"``,
-    ``"app_label.Model.field"`` or a :class:`Counter`; every counter when none is named.
+    ``"app_label.Model.field"``, a counted field's name (``"city"``: its counters in every
+    model), a counted model class or a :class:`Counter`; every counter when none is named.
 
     ``stale=True`` keeps only those the database knows to be stale (they missed writes).
 
     :raises ValueError: a name matches no counter.
     """
     selected = [n for n in names if isinstance(n, Counter)]
+    for model in (n for n in names if isinstance(n, type)):
+        if not counters_of(model):
+            raise ValueError(f"{model.__name__} has no counted field")
+        selected += [c for c in counters_of(model) if c not in selected]
     texts = [n for n in names if isinstance(n, str)]
     if texts or not names:
         selected += [c for c in counters_named(texts) if c not in selected]
@@ -60,7 +67,7 @@ def counters(*names: str | Counter, stale: bool = False) -> list[Counter]:
 
 
 def rebuild(
-    *names: str | Counter,
+    *names: str | Counter | type[models.Model],
     using: str | None = None,
     stale: bool = False,
     progress: Progress | None = None,
@@ -77,7 +84,9 @@ def rebuild(
     return [rebuilding.rebuild(c, using, progress) for c in counters(*names, stale=stale)]
 
 
-def check(*names: str | Counter, using: str | None = None, stale: bool = False) -> list[Drift]:
+def check(
+    *names: str | Counter | type[models.Model], using: str | None = None, stale: bool = False
+) -> list[Drift]:
     """Compare the counters named (see :func:`counters`) with the database, value by value,
     without changing them. ``Drift.ok`` is True for a counter in Redis that matches.
 

@@ -147,8 +147,9 @@ def _resolve_cached(field: str, model: str | None) -> Counter:
 
 
 def counters_named(names: Iterable[str]) -> list[Counter]:
-    """Counters selected by ``app_label``, ``app_label.Model`` or ``app_label.Model.field``;
-    every counter when ``names`` is empty.
+    """Counters selected by ``app_label``, ``app_label.Model`` or ``app_label.Model.field``,
+    or by a field's name alone (as ``DistinctCount`` takes it: the counters of that field in
+    every model); every counter when ``names`` is empty.
 
     :raises ValueError: a name matches no counter.
     """
@@ -157,6 +158,8 @@ def counters_named(names: Iterable[str]) -> list[Counter]:
     for name in names:
         parts = name.lower().split(".")
         matches = [c for c in counters if c.label.split(".")[: len(parts)] == parts]
+        if not matches and len(parts) == 1:
+            matches = [c for c in counters if name in (c.field.name, c.attname)]
         if not matches or len(parts) > 3:
             known = ", ".join(c.label for c in counters) or "none"
             raise ValueError(f"{name!r} names no counted model or field; counters: {known}")
