@@ -21,7 +21,7 @@ class Command(BaseCommand):
             "names",
             nargs="*",
             metavar="app_label[.Model[.field]]",
-            help="Counters to rebuild or check (or a counted field's name); all when none is named.",
+            help="Counters to rebuild or check, or a counted field's name; all when none.",
         )
         parser.add_argument(
             "--check",
