@@ -12,12 +12,15 @@ class DistinctCounterConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.apps import apps
+
         from distinct_counter import checks
         from distinct_counter.counting import handlers
-        from distinct_counter.counting.registry import counted_models
 
         checks.register()
-        for model in counted_models():
+        # Proxies and multi-table children of counted models, and the models counted foreign
+        # keys point at, need handlers too: every model is offered, each takes what it needs.
+        for model in apps.get_models():
             handlers.connect(model)
         setting_changed.connect(_setting_changed, dispatch_uid="distinct_counter")
 

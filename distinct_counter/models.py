@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from django.db import models, router, transaction
 
+from distinct_counter.counting.handlers import computed, inserts_fresh
 from distinct_counter.counting.queryset import CountedManager
 from distinct_counter.counting.registry import touched
 from distinct_counter.counting.state import CounterState
@@ -33,20 +34,16 @@ class CountedModel(models.Model):
         abstract = True
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        """Save, locking the row first when an update may change a counted value (or its
-        absence, for an insert of an explicit pk)."""
+        """Save in a transaction when the counters need one: an update may change a counted
+        value (the old one is read, locked, before it), or the database computes one (it is
+        read back after)."""
         update_fields = kwargs.get("update_fields", args[3] if len(args) > 3 else None)
-        fresh = self._state.adding and self._meta.pk.has_default()
-        if (
-            self.pk is None
-            or fresh
-            or (update_fields is not None and not touched(type(self), update_fields))
-        ):
+        counters = touched(type(self), update_fields)
+        updates = self.pk is not None and not inserts_fresh(self)
+        if not counters or not (updates or any(computed(self, c) for c in counters)):
             return super().save(*args, **kwargs)
         using = kwargs.get("using", args[2] if len(args) > 2 else None)
         using = using or router.db_for_write(type(self), instance=self)
-        # The old value is read with SELECT ... FOR UPDATE in the pre_save handler (or the
-        # absence of the row locked, for an insert of an explicit pk): the lock must last
-        # until the UPDATE or INSERT, so both run in one transaction.
+        # The lock taken by the pre_save handler must last until the UPDATE or INSERT.
         with transaction.atomic(using=using, savepoint=False):
             return super().save(*args, **kwargs)

@@ -32,13 +32,18 @@ def test_counters_by_app_model_field_name_model_class_and_counter() -> None:
     ]
     assert labels(counters("testapp.message.city")) == ["testapp.message.city"]
     # A field's name alone, as DistinctCount takes it: that field in every model counting it.
-    assert labels(counters("city")) == ["testapp.message.city", "testapp.venue.city"]
+    assert [x for x in labels(counters("city")) if x.startswith("testapp.")] == [
+        "testapp.message.city",
+        "testapp.venue.city",
+    ]
     assert labels(counters("author_id")) == ["testapp.item.author"]
     assert labels(counters(Venue)) == ["testapp.venue.city"]
     [venue_city] = counters(Venue)
     assert counters(venue_city, "testapp.Venue") == [venue_city]  # no counter twice
-    assert {*labels(counters())} == {*labels(counters("testapp"))}
-    assert len(counters()) == 2 + 6 + 1
+    assert {x for x in labels(counters()) if x.startswith("testapp.")} == {
+        *labels(counters("testapp"))
+    }
+    assert len(counters("testapp")) == 2 + 6 + 1
 
 
 @pytest.mark.parametrize("name", ["nope", "testapp.Nope", "testapp.message.body", "a.b.c.d"])
@@ -65,14 +70,14 @@ def test_rebuild_and_check_answer_as_the_database_does() -> None:
     with connection.cursor() as cur:  # a write the ORM does not see: counters now drift
         cur.execute("UPDATE testapp_message SET city = 'raw' WHERE username = 'u1'")
     master().flushall()
-    results = rebuild("city")
+    results = rebuild("testapp.message.city", "testapp.venue.city")
     assert [(r.counter.label, r.values) for r in results] == [
         ("testapp.message.city", distinct_in_db(Message, "city")),
         ("testapp.venue.city", 1),
     ]
     assert DistinctCount.read("city", Message).source == "redis"
     assert DistinctCount.get("city", Message) == distinct_in_db(Message, "city")
-    assert [d.ok for d in check("city")] == [True, True]
+    assert [d.ok for d in check("testapp.message.city", "testapp.venue.city")] == [True, True]
     assert [d.state for d in check(Message)] == ["missing", "ok"]  # username: not rebuilt
     with connection.cursor() as cur:
         cur.execute("UPDATE testapp_message SET city = 'raw2' WHERE username = 'u2'")

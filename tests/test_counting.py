@@ -268,7 +268,7 @@ def test_not_counted_and_ambiguous_fields_name_the_counters() -> None:
         NotCounted, match="'body' of testapp.Message is not a counted field.*testapp.message.city"
     ):
         DistinctCount.get("body", Message)
-    with pytest.raises(NotCounted, match=r"several models \(testapp.Message, testapp.Venue\)"):
+    with pytest.raises(NotCounted, match=r"several models \(.*testapp.Message, testapp.Venue\)"):
         DistinctCount.get("city")
     with pytest.raises(ValueError, match="nope"):
         DistinctCount.get("nope")
@@ -317,8 +317,7 @@ def test_queryset_update_reads_old_values_in_one_locking_query() -> None:
         Message.objects.filter(city__in=["Paris", "Lyon"]).update(city="Rome", username="x")
     sql = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith("SELECT")]
     updates = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith("UPDATE")]
-    # On PostgreSQL the locking read is a server-side cursor, which Django does not capture.
-    assert len(sql) == (0 if connection.vendor == "postgresql" else 1)
+    assert len(sql) == 1
     assert len(updates) == 1
     assert_exact()
 
@@ -330,13 +329,11 @@ def test_update_of_uncounted_fields_costs_no_extra_query() -> None:
     assert len(ctx.captured_queries) == 1
 
 
-def test_update_with_an_expression_marks_the_counter_stale() -> None:
+def test_update_with_an_expression_is_read_back_exactly() -> None:
     MessageFactory.create_batch(10)
     Message.objects.update(city=Upper("username"))
     result = DistinctCount.read("city", Message)
-    assert (result.state, result.source) == ("stale", "database")
-    assert result.count == distinct_in_db(Message, "city")
-    call_command("rebuild_counts", "testapp.message.city", verbosity=0)
+    assert (result.state, result.source) == ("ok", "redis")
     assert_exact()
 
 

@@ -31,7 +31,7 @@ def test_rebuild_builds_every_counter_from_the_database() -> None:
     Venue.objects.create(city="Paris")
     out = run()
     lines = out.splitlines()
-    assert [line.split(":")[0] for line in lines] == [
+    assert [x for line in lines if (x := line.split(":")[0]).startswith("testapp.")] == [
         "testapp.message.username",
         "testapp.message.city",
         "testapp.item.price",

@@ -31,6 +31,7 @@ def test_counting_tests_pass_on_sqlite() -> None:
             "--ds=tests.settings_sqlite",
             "tests/test_counting.py",
             "tests/test_properties.py",
+            "tests/test_write_paths.py",
         ],
         cwd=ROOT,
         capture_output=True,

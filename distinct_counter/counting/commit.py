@@ -16,64 +16,80 @@ from distinct_counter.counting.registry import Counter
 
 logger = logging.getLogger("distinct_counter")
 
+#: counter -> why it must be marked stale.
+Marks = dict[Counter, str]
+
 
 class _Batch:
-    """The deltas of one transaction on one connection, sent once after it commits.
+    """The deltas (and stale marks) of one transaction on one connection, sent once after it
+    commits.
 
     Each write registers a :class:`_Part` with ``transaction.on_commit``, so Django itself
-    drops the parts of a rolled-back savepoint. The batch is kept as the last commit hook with
-    no savepoint of its own (it is never dropped): when it runs, every surviving part has
-    already added its deltas to it.
+    drops the parts of a rolled-back savepoint. The batch is a commit hook with no savepoint
+    of its own (it is never dropped), kept right after the parts: when it runs, every
+    surviving part has already added its deltas to it.
+
+    Our hooks run before any other app's: Django stops running a transaction's hooks at the
+    first one that raises, and another app's failing hook must not lose a committed write.
     """
 
     def __init__(self) -> None:
         self.deltas: Deltas = {}
+        self.marks: Marks = {}
 
     def __call__(self) -> None:
         deltas, self.deltas = self.deltas, {}
-        _deltas.send(deltas)
+        marks, self.marks = self.marks, {}
+        _send(deltas, marks)
 
 
 class _Part:
-    def __init__(self, deltas: Deltas) -> None:
+    def __init__(self, deltas: Deltas, marks: Marks) -> None:
         self.deltas = deltas
+        self.marks = marks
         self.batch: _Batch | None = None
 
     def __call__(self) -> None:
         if self.batch is not None:
             _deltas.merge(self.batch.deltas, self.deltas)
+            self.batch.marks.update(self.marks)
 
 
-def record(using: str, deltas: Deltas) -> None:
-    """Send ``deltas`` to Redis when the current transaction on ``using`` commits (at once
-    outside a transaction)."""
-    conn = connections[using]
-    if not conn.in_atomic_block:
-        _deltas.send(deltas)
-        return
-    part = _Part(deltas)
-    transaction.on_commit(part, using=using)
-    hooks: list[Any] = conn.run_on_commit
-    # Django stores hooks as (savepoint ids, func, robust). Ours is normally just before the
-    # part appended above; another app's hook in between makes us look further.
-    index = next(
-        (i for i in range(len(hooks) - 2, -1, -1) if isinstance(hooks[i][1], _Batch)), None
-    )
-    entry = hooks.pop(index) if index is not None else (set(), _Batch(), False)
-    hooks.append(entry)
-    part.batch = entry[1]
-
-
-def stale_on_commit(using: str, counters: Sequence[Counter], reason: str) -> None:
-    """Mark counters stale once the current transaction commits (not if it rolls back), for
-    a write whose effect on them cannot be known."""
-
-    def mark() -> None:
+def _send(deltas: Deltas, marks: Marks) -> None:
+    for reason in dict.fromkeys(marks.values()):
+        counters = [c for c, why in marks.items() if why == reason]
         logger.warning(
             "counters %s marked stale: %s; run manage.py rebuild_counts",
             ", ".join(c.label for c in counters),
             reason,
         )
         stale.mark(counters, reason)
+    _deltas.send(deltas)
 
-    transaction.on_commit(mark, using=using)
+
+def _on_commit(using: str, deltas: Deltas, marks: Marks) -> None:
+    conn = connections[using]
+    if not conn.in_atomic_block:
+        _send(deltas, marks)
+        return
+    part = _Part(deltas, marks)
+    hooks: list[Any] = conn.run_on_commit  # Django's (savepoint ids, func, robust) entries
+    at = next((i for i, hook in enumerate(hooks) if isinstance(hook[1], _Batch)), None)
+    if at is None:
+        at = 0
+        hooks.insert(0, (set(), _Batch(), False))
+    transaction.on_commit(part, using=using)  # tagged with the open savepoints
+    hooks.insert(at, hooks.pop())
+    part.batch = hooks[at + 1][1]
+
+
+def record(using: str, deltas: Deltas) -> None:
+    """Send ``deltas`` to Redis when the current transaction on ``using`` commits (at once
+    outside a transaction)."""
+    _on_commit(using, deltas, {})
+
+
+def stale_on_commit(using: str, counters: Sequence[Counter], reason: str) -> None:
+    """Mark counters stale once the current transaction commits (not if it rolls back), for
+    a write whose effect on them cannot be known."""
+    _on_commit(using, {}, dict.fromkeys(counters, reason))

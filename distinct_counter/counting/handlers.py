@@ -2,7 +2,8 @@
 
 Old values are read from the database, locked, inside the writing transaction
 (:mod:`~distinct_counter.counting.rows`); deltas are sent after the transaction commits
-(:mod:`~distinct_counter.counting.commit`).
+(:mod:`~distinct_counter.counting.commit`). Values the database computes (an expression
+assigned to a field, a generated column, a database default) are read back from the row.
 """
 
 from __future__ import annotations
@@ -13,19 +14,36 @@ from typing import Any
 from django.db import models
 from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 
-from distinct_counter.counting import deltas
+from distinct_counter.counting import collector, deltas
 from distinct_counter.counting.commit import record
-from distinct_counter.counting.registry import counters_of, touched
-from distinct_counter.counting.rows import locked_row
+from distinct_counter.counting.registry import Counter, counters_of, touched, written_counters
+from distinct_counter.counting.rows import canonical_pk, locked_row
 
 _OLD = "_distinct_counter_old"
 
 #: Old values of rows that ``CountedQuerySet.delete()`` already read, locked, in one query:
-#: (model, pk) -> values, so the per-instance handler does not read them again. None (not
-#: a shared dict) by default: a mutable default would be shared by every context.
+#: (concrete model, pk) -> values, so the per-instance handler does not read them again. None
+#: (not a shared dict) by default: a mutable default would be shared by every context.
 prefetched_deletes: contextvars.ContextVar[
     dict[tuple[type[models.Model], Any], tuple[Any, ...]] | None
 ] = contextvars.ContextVar("distinct_counter_prefetched_deletes", default=None)
+
+
+def inserts_fresh(instance: models.Model, raw: bool = False) -> bool:
+    """Whether saving ``instance`` inserts without trying an UPDATE first: Django's own rule
+    for an instance being added whose primary key has a default (not for fixtures, ``raw``,
+    which update an existing row of that pk)."""
+    pk = instance._meta.pk
+    has_db_default = getattr(pk, "has_db_default", lambda: False)
+    return instance._state.adding and not raw and bool(pk.has_default() or has_db_default())
+
+
+def computed(instance: models.Model, counter: Counter) -> bool:
+    """Whether the database computes ``counter``'s value at save: a generated column, an
+    expression (``F("n") + 1``, ``Lower(...)``, a database default) or a deferred field."""
+    if getattr(counter.field, "generated", False) or counter.attname not in instance.__dict__:
+        return True
+    return hasattr(instance.__dict__[counter.attname], "resolve_expression")
 
 
 def handle_pre_save(
@@ -33,6 +51,7 @@ def handle_pre_save(
     instance: models.Model,
     using: str,
     update_fields: Any = None,
+    raw: bool = False,
     **kwargs: Any,
 ) -> None:
     counters = touched(sender, update_fields)
@@ -40,8 +59,7 @@ def handle_pre_save(
         return
     deltas.ensure_available(sender)
     old = None
-    fresh = instance._state.adding and sender._meta.pk.has_default()
-    if instance.pk is not None and not fresh:
+    if instance.pk is not None and not inserts_fresh(instance, raw):
         old = locked_row(sender, using, instance.pk, counters)
     instance.__dict__[_OLD] = (counters, old)
 
@@ -53,7 +71,9 @@ def handle_post_save(
     if stash is None:
         return
     counters, old = stash
-    new = tuple(getattr(instance, c.attname) for c in counters)
+    unknown = [c for c in counters if computed(instance, c)]
+    stored = dict(zip(unknown, locked_row(sender, using, instance.pk, unknown) or (), strict=False))
+    new = tuple(stored[c] if c in stored else getattr(instance, c.attname) for c in counters)
     record(using, deltas.between(counters, None if created else old, new))
 
 
@@ -64,8 +84,9 @@ def handle_pre_delete(
     if not counters or instance.pk is None:
         return
     deltas.ensure_available(sender)
+    key = (counters[0].model, canonical_pk(sender, instance.pk))
+    collector.deleting(kwargs.get("origin")).add(key)
     prefetched = prefetched_deletes.get() or {}
-    key = (sender, instance.pk)
     old: tuple[Any, ...] | None = prefetched.get(key)
     if key not in prefetched:
         old = locked_row(sender, using, instance.pk, counters)
@@ -79,13 +100,22 @@ def handle_post_delete(
     if stash is None:
         return
     counters, old = stash
+    collector.deleting(kwargs.get("origin")).discard(
+        (counters[0].model, canonical_pk(sender, instance.pk))
+    )
     record(using, deltas.between(counters, old, None))
 
 
 def connect(model: type[models.Model]) -> None:
-    """Connect the handlers for one counted model (``sender=``, so other models pay nothing)."""
+    """Connect the handlers ``model`` needs (``sender=``, so other models pay nothing): its
+    saves write :func:`written_counters` (a proxy's and a multi-table child's too), its
+    deletes change :func:`counters_of`, and deleting it may rewrite counted foreign keys
+    (:mod:`~distinct_counter.counting.collector`)."""
     uid = f"distinct_counter:{model._meta.label}"
-    pre_save.connect(handle_pre_save, sender=model, dispatch_uid=uid)
-    post_save.connect(handle_post_save, sender=model, dispatch_uid=uid)
-    pre_delete.connect(handle_pre_delete, sender=model, dispatch_uid=uid)
-    post_delete.connect(handle_post_delete, sender=model, dispatch_uid=uid)
+    if written_counters(model):
+        pre_save.connect(handle_pre_save, sender=model, dispatch_uid=uid)
+        post_save.connect(handle_post_save, sender=model, dispatch_uid=uid)
+    if counters_of(model):
+        pre_delete.connect(handle_pre_delete, sender=model, dispatch_uid=uid)
+        post_delete.connect(handle_post_delete, sender=model, dispatch_uid=uid)
+    collector.connect(model)

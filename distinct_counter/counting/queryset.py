@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from django.db import connections, models, transaction
+from django.db import models, transaction
 
 from distinct_counter.counting.commit import record, stale_on_commit
 from distinct_counter.counting.deltas import Deltas, between, ensure_available, merge
-from distinct_counter.counting.handlers import prefetched_deletes
-from distinct_counter.counting.registry import counters_of, touched
+from distinct_counter.counting.handlers import computed, prefetched_deletes
+from distinct_counter.counting.registry import Counter, counters_of, touched, written_counters
 from distinct_counter.counting.rows import canonical_pk, lock_absent, locked_rows
+
+#: Rows read, locked and updated per query by ``update()``: memory stays flat on huge updates.
+CHUNK = 2000
+
+
+def _columns(counters: Sequence[Counter]) -> tuple[list[str], list[int]]:
+    """The distinct attnames of ``counters``, and where each counter's value is in a row of
+    ``values_list("pk", *attnames)``."""
+    columns = list(dict.fromkeys(c.attname for c in counters))
+    return columns, [columns.index(c.attname) + 1 for c in counters]
 
 
 class CountedQuerySet(models.QuerySet[Any]):
@@ -20,14 +29,15 @@ class CountedQuerySet(models.QuerySet[Any]):
 
     ``bulk_create``, ``bulk_update``, ``update`` and ``delete`` send the same deltas as the
     equivalent row-by-row saves would, with a constant number of extra queries per call (per
-    batch, for ``bulk_update``). ``update()`` of fields that are not counted costs nothing
-    extra.
+    chunk of rows, for ``update`` and ``bulk_update``). Values the database computes
+    (expressions, generated columns) are read back from the rows, locked, in the same
+    transaction. ``update()`` of fields that are not counted costs nothing extra.
     """
 
     _bypass = False
 
     @property
-    def _counted_model(self) -> type[models.Model]:
+    def _model(self) -> type[models.Model]:
         model: type[models.Model] = self.model
         return model
 
@@ -36,10 +46,32 @@ class CountedQuerySet(models.QuerySet[Any]):
         clone._bypass = self._bypass
         return clone  # type: ignore[no-any-return]
 
+    def _locked(self, counters: Sequence[Counter]) -> Iterator[list[tuple[Any, ...]]]:
+        """The rows of this queryset as chunks of ``(pk, *values of counters)``, locked.
+
+        Locked through ``pk IN (this queryset)``: ``FOR UPDATE`` itself is refused on a
+        ``DISTINCT`` query or the nullable side of an outer join, which ``update()`` and
+        ``delete()`` accept.
+        """
+        columns, picks = _columns(counters)
+        rows = (
+            self.model._base_manager.using(self.db)
+            .filter(pk__in=self.order_by().values("pk"))
+            .select_for_update()
+            .order_by("pk")
+            .values_list("pk", *columns)
+        )
+        # Pages by pk rather than a server-side cursor: one query for the usual small write
+        # (a cursor costs three), and memory stays flat on a huge one.
+        page = list(rows[:CHUNK])
+        while page:
+            yield [(r[0], *(r[i] for i in picks)) for r in page]
+            page = list(rows.filter(pk__gt=page[-1][0])[:CHUNK]) if len(page) == CHUNK else []
+
     def bulk_create(
         self, objs: Iterable[models.Model], *args: Any, **kwargs: Any
     ) -> list[models.Model]:
-        counters = counters_of(self._counted_model)
+        counters = counters_of(self._model)
         if not counters:
             return super().bulk_create(objs, *args, **kwargs)
         ensure_available(self.model)
@@ -55,14 +87,17 @@ class CountedQuerySet(models.QuerySet[Any]):
         with transaction.atomic(using=self.db, savepoint=False):
             lock_absent(self.model, self.db, explicit)
             created = super().bulk_create(objs, *args, **kwargs)
-        if conflicts:
-            # Which rows were inserted, and which replaced, is not known here.
-            stale_on_commit(self.db, list(counters), "bulk_create() with conflicts handling")
-            return created
-        deltas: Deltas = {}
-        for obj in created:
-            merge(deltas, between(counters, None, tuple(getattr(obj, c.attname) for c in counters)))
-        record(self.db, deltas)
+            unknown = [c for c in counters if any(computed(o, c) for o in created)]
+            if conflicts or (unknown and any(o.pk is None for o in created)):
+                # Which rows were inserted, and which replaced, is not known here.
+                stale_on_commit(self.db, list(counters), "bulk_create() of unknown effect")
+                return created
+            stored = locked_rows(self.model, self.db, [o.pk for o in created], unknown)
+            deltas: Deltas = {}
+            for obj in created:
+                new = _values(obj, counters, unknown, stored)
+                merge(deltas, between(counters, None, new))
+            record(self.db, deltas)
         return created
 
     def bulk_update(
@@ -74,21 +109,22 @@ class CountedQuerySet(models.QuerySet[Any]):
             return int(super().bulk_update(objs, fields, batch_size=batch_size))
         ensure_available(self.model)
         objs = list(objs)
-        attnames = [c.attname for c in counters]
-        deltas: Deltas = {}
+        pks = [canonical_pk(self.model, obj.pk) for obj in objs]
         with transaction.atomic(using=self.db, savepoint=False):
-            old = locked_rows(self.model, self.db, [obj.pk for obj in objs], counters)
+            old = locked_rows(self.model, self.db, pks, counters)
             bypass = self._clone()
             bypass._bypass = True  # its internal update() must not count a second time
             updated = int(models.QuerySet.bulk_update(bypass, objs, fields, batch_size=batch_size))
-            seen = set()
-            for obj in objs:
-                pk = canonical_pk(self.model, obj.pk)
-                if pk not in old or pk in seen:
-                    continue
-                seen.add(pk)
-                new = tuple(getattr(obj, name) for name in attnames)
-                merge(deltas, between(counters, old[pk], new))
+            # An expression, or a pk given twice (the first in a batch wins, the last batch
+            # wins), leaves the rows' new values to the database: read them back.
+            unknown = [c for c in counters if any(computed(o, c) for o in objs)]
+            if len(set(pks)) < len(pks):
+                unknown = list(counters)
+            stored = locked_rows(self.model, self.db, old, unknown)
+            latest = {pk: obj for pk, obj in zip(pks, objs, strict=True) if pk in old}
+            deltas: Deltas = {}
+            for pk, obj in latest.items():
+                merge(deltas, between(counters, old[pk], _values(obj, counters, unknown, stored)))
             record(self.db, deltas)
         return updated
 
@@ -97,59 +133,67 @@ class CountedQuerySet(models.QuerySet[Any]):
         if not counters or self._bypass:
             return int(super().update(**kwargs))
         ensure_available(self.model)
-        new = {
-            c: kwargs[c.field.name] if c.field.name in kwargs else kwargs[c.attname]
+        given = {c: kwargs.get(c.field.name, kwargs.get(c.attname)) for c in counters}
+        unknown = [
+            c
             for c in counters
-        }
+            if getattr(c.field, "generated", False) or hasattr(given[c], "resolve_expression")
+        ]
+        base = self.model._base_manager.using(self.db)
+        deltas: Deltas = {}
+        rows = 0
         with transaction.atomic(using=self.db, savepoint=False):
-            if any(hasattr(v, "resolve_expression") for v in new.values()):
-                rows = int(super().update(**kwargs))
-                if rows:
-                    stale_on_commit(self.db, list(counters), "QuerySet.update() with an expression")
-                return rows
-            # Lock the rows and read their old values in one query, then update exactly
-            # those rows: a row inserted meanwhile that matches the filter is left out, as if
-            # this UPDATE had run first. Streamed, so memory stays flat on huge updates.
-            attnames = [c.attname for c in counters]
-            locked = self.order_by("pk").select_for_update().values_list("pk", *attnames)
-            conn = connections[self.db]
-            stream = (
-                locked.iterator(chunk_size=2000)
-                if conn.vendor == "postgresql"
-                else iter(list(locked))
-            )
-            base = self.model._base_manager.using(self.db)
-            deltas: Deltas = {}
-            rows = 0
-            new_values = tuple(new[c] for c in counters)
-            while chunk := list(itertools.islice(stream, 2000)):
-                rows += int(
-                    models.QuerySet.update(base.filter(pk__in=[r[0] for r in chunk]), **kwargs)
-                )
-                for row in chunk:
-                    merge(deltas, between(counters, row[1:], new_values))
+            # Update exactly the rows locked: a row inserted meanwhile that matches the
+            # filter is left out, as if this UPDATE had run first.
+            for chunk in self._locked(counters):
+                pks = [r[0] for r in chunk]
+                rows += int(models.QuerySet.update(base.filter(pk__in=pks), **kwargs))
+                stored = locked_rows(self.model, self.db, pks, unknown)
+                for pk, *old in chunk:
+                    new = [
+                        stored[pk][unknown.index(c)] if c in unknown else given[c] for c in counters
+                    ]
+                    merge(deltas, between(counters, old, new))
             record(self.db, deltas)
         return rows
 
     def delete(self) -> tuple[int, dict[str, int]]:
-        counters = counters_of(self._counted_model)
+        counters = written_counters(self._model)
         if not counters:
             return super().delete()
         ensure_available(self.model)
+        # The collector deletes the rows of this model and of each multi-table parent, each
+        # with its own signal: read all their old values here, locked, in one query.
+        concrete = self.model._meta.concrete_model
+        owners = [m for m in [concrete, *concrete._meta.get_parent_list()] if counters_of(m)]
         with transaction.atomic(using=self.db, savepoint=False):
-            rows = (
-                self.model._base_manager.using(self.db)
-                .filter(pk__in=self.order_by().values("pk"))
-                .select_for_update()
-                .order_by("pk")
-                .values_list("pk", *(c.attname for c in counters))
-            )
-            prefetched = {(self.model, row[0]): row[1:] for row in rows}
-            token = prefetched_deletes.set({**(prefetched_deletes.get() or {}), **prefetched})
+            prefetched = dict(prefetched_deletes.get() or {})
+            for chunk in self._locked(counters):
+                for pk, *values in chunk:
+                    at = 0
+                    for owner in owners:
+                        size = len(counters_of(owner))
+                        prefetched[(owner, pk)] = tuple(values[at : at + size])
+                        at += size
+            token = prefetched_deletes.set(prefetched)
             try:
                 return super().delete()
             finally:
                 prefetched_deletes.reset(token)
+
+
+def _values(
+    obj: models.Model,
+    counters: Sequence[Counter],
+    unknown: Sequence[Counter],
+    stored: dict[Any, tuple[Any, ...]],
+) -> tuple[Any, ...]:
+    """The values of ``counters`` in ``obj``'s row: those ``unknown`` from ``stored`` (read
+    back from the database), the others from ``obj``."""
+    pk = canonical_pk(type(obj), obj.pk)
+    return tuple(
+        stored[pk][unknown.index(c)] if c in unknown else getattr(obj, c.attname) for c in counters
+    )
 
 
 class CountedManager(models.Manager.from_queryset(CountedQuerySet)):  # type: ignore[misc]

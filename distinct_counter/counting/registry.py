@@ -60,24 +60,37 @@ class Counter:
 
 
 def is_counted(model: type[models.Model]) -> bool:
-    """Whether ``model`` is a concrete model that subclasses ``CountedModel``."""
-    return (
-        bool(getattr(model, MARKER, False)) and not model._meta.abstract and not (model._meta.proxy)
-    )
+    """Whether ``model`` is a concrete model with counters of its own: a subclass of
+    ``CountedModel`` that declares ``counted_fields`` itself (or through an abstract base).
+
+    A multi-table child that only inherits its parent's ``counted_fields`` has none: its rows
+    are rows of the parent's table, counted by the parent's counters. A proxy has none: it is
+    its concrete model's.
+    """
+    if not getattr(model, MARKER, False) or model._meta.abstract or model._meta.proxy:
+        return False
+    owner = next((c for c in model.__mro__ if "counted_fields" in c.__dict__), model)
+    meta = getattr(owner, "_meta", None)
+    return owner is model or meta is None or bool(meta.abstract)
 
 
 def counted_models() -> list[type[models.Model]]:
-    """Every installed concrete model that subclasses ``CountedModel``."""
+    """Every installed concrete model with counters of its own."""
     return [m for m in apps.get_models() if is_counted(m)]
 
 
 @functools.cache
 def counters_of(model: type[models.Model]) -> tuple[Counter, ...]:
-    """The counters of one model, in the order of its ``counted_fields``.
+    """The counters of one model (of its concrete model, for a proxy), in the order of its
+    ``counted_fields``: the counters that a row of its table is counted in, and that a
+    delete of one of its instances changes.
 
     Fields that do not exist or cannot be counted are left out here; the system checks report
     them.
     """
+    model = model._meta.concrete_model or model
+    if not is_counted(model):
+        return ()
     result = []
     for name in getattr(model, "counted_fields", ()) or ():
         try:
@@ -89,20 +102,61 @@ def counters_of(model: type[models.Model]) -> tuple[Counter, ...]:
     return tuple(result)
 
 
+@functools.cache
+def written_counters(model: type[models.Model]) -> tuple[Counter, ...]:
+    """The counters that a save of ``model``'s instances changes: its own, and those of its
+    multi-table parents (a child's save writes its parents' rows too, with no signal of
+    their own). A delete sends a signal per table, so it changes only :func:`counters_of`.
+    """
+    concrete = model._meta.concrete_model or model
+    return counters_of(concrete) + tuple(
+        c for parent in concrete._meta.get_parent_list() for c in counters_of(parent)
+    )
+
+
 def touched(model: type[models.Model], names: Iterable[str] | None) -> tuple[Counter, ...]:
-    """The counters of ``model`` whose field is among ``names`` (a name or an attname); all
-    of them for None (a save without ``update_fields``)."""
-    counters = counters_of(model)
+    """The :func:`written_counters` of ``model`` whose field is among ``names`` (a name or an
+    attname), and its generated fields' whenever any field is written; all of them for None
+    (a save without ``update_fields``)."""
+    counters = written_counters(model)
     if names is None:
         return counters
     wanted = set(names)
-    return tuple(c for c in counters if c.field.name in wanted or c.attname in wanted)
+    if not wanted:
+        return ()
+    return tuple(
+        c
+        for c in counters
+        if c.field.name in wanted or c.attname in wanted or getattr(c.field, "generated", False)
+    )
 
 
 @functools.cache
 def all_counters() -> tuple[Counter, ...]:
     """Every counter of every installed counted model (computed once: apps do not change)."""
     return tuple(c for model in counted_models() for c in counters_of(model))
+
+
+def rewrites(field: models.Field[Any, Any]) -> bool:
+    """Whether deleting the row ``field`` points at makes the collector rewrite ``field``."""
+    on_delete = getattr(field.remote_field, "on_delete", None)
+    if on_delete in (models.SET_NULL, models.SET_DEFAULT):
+        return True
+    deconstruct = getattr(on_delete, "deconstruct", None)
+    return deconstruct is not None and deconstruct()[0] == "django.db.models.SET"
+
+
+@functools.cache
+def rewritten_by(model: type[models.Model]) -> tuple[Counter, ...]:
+    """The counters of foreign keys that a delete of ``model``'s rows rewrites."""
+    concrete = model._meta.concrete_model
+    return tuple(
+        c
+        for c in all_counters()
+        if (c.field.many_to_one or c.field.one_to_one)
+        and c.field.related_model._meta.concrete_model is concrete  # type: ignore[union-attr]
+        and rewrites(c.field)
+    )
 
 
 def resolve(field: str, model: type[models.Model] | str | None = None) -> Counter:
@@ -171,5 +225,7 @@ def clear_cache() -> None:
     """Forget the counters found so far (on ``setting_changed``, and when apps change)."""
     text_as_is.cache_clear()
     counters_of.cache_clear()
+    written_counters.cache_clear()
+    rewritten_by.cache_clear()
     all_counters.cache_clear()
     _resolve_cached.cache_clear()

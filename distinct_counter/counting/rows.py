@@ -40,11 +40,15 @@ def locked_rows(
     again. This costs a query only when a row is missing, which is rare.
     """
     pks = list(dict.fromkeys(canonical_pk(model, pk) for pk in pks))
-    if not pks:
+    counters = list(counters)
+    if not pks or not counters:
         return {}
     conn = connections[using]
     locking = conn.in_atomic_block
-    attnames = [c.attname for c in counters]
+    # A multi-table child's counters may name one column twice (its own counter of a
+    # parent's field, and the parent's): read each once.
+    columns = list(dict.fromkeys(c.attname for c in counters))
+    picks = [columns.index(c.attname) + 1 for c in counters]
 
     def read(keys: list[Any]) -> dict[Any, tuple[Any, ...]]:
         found: dict[Any, tuple[Any, ...]] = {}
@@ -52,7 +56,8 @@ def locked_rows(
             qs = model._base_manager.using(using).filter(pk__in=keys[start : start + 1000])
             if locking:
                 qs = qs.select_for_update()
-            found.update((r[0], r[1:]) for r in qs.order_by("pk").values_list("pk", *attnames))
+            for r in qs.order_by("pk").values_list("pk", *columns):
+                found[r[0]] = tuple(r[i] for i in picks)
         return found
 
     rows = read(pks)
@@ -80,7 +85,10 @@ def lock_absent(model: type[models.Model], using: str, pks: list[Any]) -> bool:
     conn = connections[using]
     if conn.vendor != "postgresql" or not pks:
         return False
-    table = model._meta.db_table
+    # A multi-table child's pk is its root parent's: lock in the root's table, as an insert
+    # through the parent or any child of it does.
+    concrete = model._meta.concrete_model or model
+    table = ([concrete, *concrete._meta.get_parent_list()])[-1]._meta.db_table
     keys = sorted({f"{table}:{canonical_pk(model, pk)}" for pk in pks})
     with conn.cursor() as cur:
         cur.execute(

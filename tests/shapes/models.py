@@ -4,6 +4,8 @@ UUID primary key, and foreign keys with each ``on_delete``."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from typing import ClassVar
 
 from django.db import models
 
@@ -18,7 +20,8 @@ class Owner(models.Model):
 
 def fallback_owner() -> int:
     """``SET(callable)``: the owner that deleted owners' pets move to."""
-    return Owner.objects.get_or_create(name="fallback")[0].pk
+    owner, _ = Owner.objects.get_or_create(name="fallback")
+    return int(owner.pk)
 
 
 class Place(CountedModel):
@@ -26,7 +29,7 @@ class Place(CountedModel):
     name = models.CharField(max_length=50, default="", db_index=True)
     visits = models.IntegerField(default=0, db_index=True)
 
-    counted_fields = ("city", "name", "visits")
+    counted_fields: ClassVar[Sequence[str]] = ("city", "name", "visits")
 
 
 class PlaceProxy(Place):
@@ -64,9 +67,7 @@ class Pet(CountedModel):
     vet = models.ForeignKey(
         Owner, models.SET_DEFAULT, null=True, default=None, related_name="treated"
     )
-    sitter = models.ForeignKey(
-        Owner, models.SET(fallback_owner), null=True, related_name="sat"
-    )
+    sitter = models.ForeignKey(Owner, models.SET(fallback_owner), null=True, related_name="sat")
     walker = models.ForeignKey(Owner, models.PROTECT, null=True, related_name="walked")
     groomer = models.ForeignKey(
         Owner, models.DO_NOTHING, null=True, db_constraint=False, related_name="groomed"

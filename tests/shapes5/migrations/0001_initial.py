@@ -5,23 +5,34 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Reading',
+            name="Reading",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('raw', models.CharField(db_index=True, max_length=50)),
-                ('lower', models.GeneratedField(db_index=True, db_persist=True, expression=django.db.models.functions.text.Lower('raw'), output_field=models.CharField(max_length=50))),
-                ('source', models.CharField(db_default='sensor', db_index=True, max_length=20)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("raw", models.CharField(db_index=True, max_length=50)),
+                (
+                    "lower",
+                    models.GeneratedField(
+                        db_index=True,
+                        db_persist=True,
+                        expression=django.db.models.functions.text.Lower("raw"),
+                        output_field=models.CharField(max_length=50),
+                    ),
+                ),
+                ("source", models.CharField(db_default="sensor", db_index=True, max_length=20)),
             ],
             options={
-                'abstract': False,
+                "abstract": False,
             },
         ),
     ]
