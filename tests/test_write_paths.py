@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Case, Count, F, Value, When
 from django.db.models.functions import Concat, Lower, Upper
 
@@ -209,4 +209,32 @@ def test_rolled_back_savepoints_send_nothing() -> None:
                 raise ValueError
         except ValueError:
             pass
+    assert_exact()
+
+
+@pytest.mark.parametrize("mode", ["ignore", "update"])
+def test_bulk_create_with_conflicts(mode: str) -> None:
+    Tag.objects.create(label="old", slug="a")
+    Tag.objects.create(label="kept", slug="b")
+    rows = [Tag(label="new", slug="a"), Tag(label="fresh", slug="c"), Tag(label="x", slug=None)]
+    if mode == "ignore":
+        Tag.objects.bulk_create(rows, ignore_conflicts=True)
+    else:
+        Tag.objects.bulk_create(
+            rows, update_conflicts=True, unique_fields=["slug"], update_fields=["label"]
+        )
+    if connection.vendor != "postgresql":  # the database does not say what it did
+        assert DistinctCount.read("label", Tag).state == "stale"
+        call_command("rebuild_counts", "shapes.tag", verbosity=0)
+    assert_exact()
+
+
+def test_bulk_create_ignoring_conflicts_on_an_automatic_pk() -> None:
+    kept = Place.objects.create(city="kept")
+    Place.objects.bulk_create(
+        [Place(pk=kept.pk, city="clash"), Place(city="new"), Place(city="kept")],
+        ignore_conflicts=True,
+    )
+    if connection.vendor != "postgresql":
+        call_command("rebuild_counts", "shapes.place", verbosity=0)
     assert_exact()

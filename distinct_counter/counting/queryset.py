@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 from django.db import models, transaction
 
+from distinct_counter.counting import conflicts
 from distinct_counter.counting.commit import record, stale_on_commit
 from distinct_counter.counting.deltas import Deltas, between, ensure_available, merge
 from distinct_counter.counting.handlers import computed, prefetched_deletes
@@ -69,34 +70,51 @@ class CountedQuerySet(models.QuerySet[Any]):
             page = list(rows.filter(pk__gt=page[-1][0])[:CHUNK]) if len(page) == CHUNK else []
 
     def bulk_create(
-        self, objs: Iterable[models.Model], *args: Any, **kwargs: Any
+        self,
+        objs: Iterable[models.Model],
+        batch_size: int | None = None,
+        ignore_conflicts: bool = False,
+        update_conflicts: bool = False,
+        update_fields: Collection[str] | None = None,
+        unique_fields: Collection[str] | None = None,
     ) -> list[models.Model]:
+        options: dict[str, Any] = {
+            "batch_size": batch_size,
+            "ignore_conflicts": ignore_conflicts,
+            "update_conflicts": update_conflicts,
+            "update_fields": update_fields,
+            "unique_fields": unique_fields,
+        }
         counters = counters_of(self._model)
         if not counters:
-            return super().bulk_create(objs, *args, **kwargs)
+            return super().bulk_create(objs, **options)
         ensure_available(self.model)
         objs = list(objs)
-        conflicts = kwargs.get("ignore_conflicts") or kwargs.get("update_conflicts")
+        if ignore_conflicts or update_conflicts:
+            with transaction.atomic(using=self.db, savepoint=False):
+                return conflicts.create(
+                    self,
+                    objs,
+                    counters,
+                    unique_fields if update_conflicts else None,
+                    lambda: super(CountedQuerySet, self).bulk_create(objs, **options),
+                )
         # Explicit pks take the locks that deletes and updates of missing rows wait on. Not
-        # pks of a default (fresh: nobody else can be writing them), nor with conflicts
-        # handled (the counters are marked stale anyway).
+        # pks of a default (fresh: nobody else can be writing them).
         pk_field: Any = self.model._meta.pk
-        explicit = (
-            [] if conflicts or pk_field.has_default() else [o.pk for o in objs if o.pk is not None]
-        )
+        explicit = [] if pk_field.has_default() else [o.pk for o in objs if o.pk is not None]
         with transaction.atomic(using=self.db, savepoint=False):
             lock_absent(self.model, self.db, explicit)
-            created = super().bulk_create(objs, *args, **kwargs)
+            created = super().bulk_create(objs, **options)
             unknown = [c for c in counters if any(computed(o, c) for o in created)]
-            if conflicts or (unknown and any(o.pk is None for o in created)):
-                # Which rows were inserted, and which replaced, is not known here.
-                stale_on_commit(self.db, list(counters), "bulk_create() of unknown effect")
+            if unknown and any(o.pk is None for o in created):
+                # The database computed values of rows it did not name: nothing to read back.
+                stale_on_commit(self.db, counters, "bulk_create() of computed values, no pks")
                 return created
             stored = locked_rows(self.model, self.db, [o.pk for o in created], unknown)
             deltas: Deltas = {}
             for obj in created:
-                new = _values(obj, counters, unknown, stored)
-                merge(deltas, between(counters, None, new))
+                merge(deltas, between(counters, None, _values(obj, counters, unknown, stored)))
             record(self.db, deltas)
         return created
 

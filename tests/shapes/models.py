@@ -54,8 +54,9 @@ class Kiosk(Place):
 class Tag(CountedModel):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)
     label = models.CharField(max_length=50, db_index=True)
+    slug = models.SlugField(max_length=50, unique=True, null=True)
 
-    counted_fields = ("label",)
+    counted_fields = ("label", "slug")
 
 
 class Pet(CountedModel):
