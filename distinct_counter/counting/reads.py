@@ -28,7 +28,8 @@ class CountResult:
 
 
 def _redis_read(counter: Counter, command: str, *args: Any) -> tuple[str, Any]:
-    """Run one read command on the counter's hash with its state, in one round trip.
+    """Run one read command on the counter's hash with its state, in one round trip (two on
+    the process's first call, and on the first after Redis failed).
 
     Returns (state, result); state is ``"unreachable"`` when Redis failed.
     """
@@ -36,15 +37,21 @@ def _redis_read(counter: Counter, command: str, *args: Any) -> tuple[str, Any]:
     gate = breaker(alias)
     if not gate.allow():
         return "unreachable", None
-    try:
-        pipe = get_client(alias, write=False).pipeline(transaction=False)
-        pipe.hget(counter.key("meta"), "state")
-        getattr(pipe, command)(counter.key("values"), *args)
-        state, result = pipe.execute()
-    except REDIS_ERRORS as exc:
-        gate.failure(exc)
-        return "unreachable", None
-    stale.reached(alias)
+    for _ in range(2):
+        # A first call (or the first after a failure) copies the stale marks (the database's
+        # and this process's) into Redis after reading: the state it read may predate them.
+        synced = gate.synced and not gate.failed
+        try:
+            pipe = get_client(alias, write=False).pipeline(transaction=False)
+            pipe.hget(counter.key("meta"), "state")
+            getattr(pipe, command)(counter.key("values"), *args)
+            state, result = pipe.execute()
+        except REDIS_ERRORS as exc:
+            gate.failure(exc)
+            return "unreachable", None
+        stale.reached(alias)
+        if synced or not gate.allow():  # Not copied: this process still knows its marks.
+            break
     if stale.is_pending(counter.label):  # Known here, not yet written to Redis.
         return "stale", result
     return (state.decode() if state else "missing"), result
