@@ -1,12 +1,20 @@
 """Reading the counters: :class:`DistinctCount`, answered from Redis in one round trip, or
-from the database while a counter cannot answer."""
+from the database while a counter cannot answer.
+
+The async methods run the sync ones in a worker thread with ``asgiref.sync.sync_to_async``, as
+Django's own async ORM does (``QuerySet.acount``): a read may reach the database (the
+fallback, and the stale marks it loads on its first Redis call), which Django refuses inside
+an event loop, and a sync Redis call would block the loop.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from itertools import islice
+from typing import Any, cast
 
+from asgiref.sync import sync_to_async
 from django.db import models, router
 from django.db.models import Count
 
@@ -28,7 +36,8 @@ class CountResult:
 
 
 def _redis_read(counter: Counter, command: str, *args: Any) -> tuple[str, Any]:
-    """Run one read command on the counter's hash with its state, in one round trip.
+    """Run one read command on the counter's hash with its state, in one round trip (two on
+    the process's first call, and on the first after Redis failed).
 
     Returns (state, result); state is ``"unreachable"`` when Redis failed.
     """
@@ -36,15 +45,21 @@ def _redis_read(counter: Counter, command: str, *args: Any) -> tuple[str, Any]:
     gate = breaker(alias)
     if not gate.allow():
         return "unreachable", None
-    try:
-        pipe = get_client(alias, write=False).pipeline(transaction=False)
-        pipe.hget(counter.key("meta"), "state")
-        getattr(pipe, command)(counter.key("values"), *args)
-        state, result = pipe.execute()
-    except REDIS_ERRORS as exc:
-        gate.failure(exc)
-        return "unreachable", None
-    stale.reached(alias)
+    for _ in range(2):
+        # A first call (or the first after a failure) copies the stale marks (the database's
+        # and this process's) into Redis after reading: the state it read may predate them.
+        synced = gate.synced and not gate.failed
+        try:
+            pipe = get_client(alias, write=False).pipeline(transaction=False)
+            pipe.hget(counter.key("meta"), "state")
+            getattr(pipe, command)(counter.key("values"), *args)
+            state, result = pipe.execute()
+        except REDIS_ERRORS as exc:
+            gate.failure(exc)
+            return "unreachable", None
+        stale.reached(alias)
+        if synced or not gate.allow():  # Not copied: this process still knows its marks.
+            break
     if stale.is_pending(counter.label):  # Known here, not yet written to Redis.
         return "stale", result
     return (state.decode() if state else "missing"), result
@@ -70,6 +85,11 @@ class DistinctCount:
     missing (never built), stale (it missed writes) or Redis is unreachable, each method falls
     back to the database, or raises :class:`~distinct_counter.exceptions.CounterUnavailable`
     when ``DISTINCT_COUNTER["FALLBACK"]`` is ``"raise"``.
+
+    Async code awaits the ``a``-prefixed twins (:meth:`aget`, :meth:`aread`,
+    :meth:`afrequency`, :meth:`acontains`, ``async for`` over :meth:`amembers`): the same
+    arguments and results, with the sync work (Redis and the database fallback) run in a
+    worker thread by ``sync_to_async``, as Django's async ORM does.
     """
 
     @staticmethod
@@ -129,24 +149,85 @@ class DistinctCount:
 
         Uses ``HSCAN`` (never ``HGETALL``), so a counter of millions of values streams.
         """
-        counter = resolve(field, model)
-        state, _ = _redis_read(counter, "exists")
-        if state != "ok":
-            yield from _fallback(
-                counter,
-                state,
-                lambda db: (
-                    counter.normalize(v)
-                    for v in counter.model._base_manager.using(db)
-                    .filter(**{f"{counter.attname}__isnull": False})
-                    .order_by()
-                    .values_list(counter.attname, flat=True)
-                    .distinct()
-                    .iterator()
-                ),
-            )
+        for batch in _member_batches(field, model, batch_size):
+            yield from batch
+
+    # -- async -------------------------------------------------------------------------------
+
+    @staticmethod
+    async def aread(field: str, model: type[models.Model] | str | None = None) -> CountResult:
+        """Async :meth:`read`: the same result, safe inside an event loop."""
+        return await sync_to_async(DistinctCount.read)(field, model)
+
+    @staticmethod
+    async def aget(field: str, model: type[models.Model] | str | None = None) -> int:
+        """Async :meth:`get`: the same number, safe inside an event loop."""
+        return await sync_to_async(DistinctCount.get)(field, model)
+
+    @staticmethod
+    async def afrequency(
+        field: str, value: Any, model: type[models.Model] | str | None = None
+    ) -> int:
+        """Async :meth:`frequency`: the same number, safe inside an event loop."""
+        return await sync_to_async(DistinctCount.frequency)(field, value, model)
+
+    @staticmethod
+    async def acontains(
+        field: str, value: Any, model: type[models.Model] | str | None = None
+    ) -> bool:
+        """Async :meth:`contains`: the same answer, safe inside an event loop."""
+        return await sync_to_async(DistinctCount.contains)(field, value, model)
+
+    @staticmethod
+    async def amembers(
+        field: str, model: type[models.Model] | str | None = None, batch_size: int = 1000
+    ) -> AsyncIterator[str]:
+        """Async :meth:`members`, for ``async for``: the same values, fetched one batch per
+        worker-thread call (one ``HSCAN``, or ``batch_size`` rows of the database fallback),
+        so the event loop runs between batches and the set is never held whole."""
+        batches = _member_batches(field, model, batch_size)
+        try:
+            while (batch := await sync_to_async(_next_batch)(batches)) is not None:
+                for value in batch:
+                    yield value
+        finally:  # Closes the database cursor of a fallback left half read, in its thread.
+            await sync_to_async(batches.close)()
+
+
+def _member_batches(
+    field: str, model: type[models.Model] | str | None, batch_size: int
+) -> Generator[list[str], None, None]:
+    """The distinct values, one list per ``HSCAN`` (empty lists included) or per
+    ``batch_size`` rows of the database fallback."""
+    counter = resolve(field, model)
+    state, _ = _redis_read(counter, "exists")
+    if state != "ok":
+        values = _fallback(
+            counter,
+            state,
+            lambda db: (
+                counter.normalize(v)
+                for v in counter.model._base_manager.using(db)
+                .filter(**{f"{counter.attname}__isnull": False})
+                .order_by()
+                .values_list(counter.attname, flat=True)
+                .distinct()
+                .iterator(chunk_size=batch_size)
+            ),
+        )
+        while batch := list(islice(values, batch_size)):
+            yield batch
+        return
+    client = get_client(conf.CACHE, write=False)
+    cursor = 0
+    while True:
+        cursor, page = client.hscan(counter.key("values"), cursor, count=batch_size)
+        entries = cast("dict[bytes, bytes]", page)  # The client does not decode responses.
+        yield [value.decode() for value, count in entries.items() if int(count) > 0]
+        if not cursor:
             return
-        client = get_client(conf.CACHE, write=False)
-        for value, count in client.hscan_iter(counter.key("values"), count=batch_size):
-            if int(count) > 0:
-                yield value.decode()
+
+
+def _next_batch(batches: Iterator[list[str]]) -> list[str] | None:
+    # StopIteration cannot cross sync_to_async's future: None ends the iteration.
+    return next(batches, None)
