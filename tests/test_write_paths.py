@@ -238,3 +238,18 @@ def test_bulk_create_ignoring_conflicts_on_an_automatic_pk() -> None:
     if connection.vendor != "postgresql":
         call_command("rebuild_counts", "shapes.place", verbosity=0)
     assert_exact()
+
+
+def test_rebuild_and_check_of_every_shape() -> None:
+    from distinct_counter.api import check
+
+    owner = Owner.objects.create(name="o")
+    Branch.objects.create(city="Paris", code="B")
+    Kiosk.objects.create(city="Oslo")
+    PlaceProxy.objects.create(city="Rome")
+    Tag.objects.create(label="t", slug="s")
+    Pet.objects.create(name="p", owner=owner, carer=owner)
+    master().flushall()
+    call_command("rebuild_counts", verbosity=0)
+    assert_exact()
+    assert all(d.ok for d in check("shapes"))

@@ -249,7 +249,12 @@ def _recount_locked(
     connection = connections[primary]
     if connection.vendor != "postgresql":
         return recounted, False
-    table = connection.ops.quote_name(counter.model._meta.db_table)
+    # The counter's table, and the parent's holding the column for a multi-table child's
+    # counter of an inherited field.
+    owners = dict.fromkeys(
+        [counter.model, counter.field.model._meta.concrete_model or counter.model]
+    )
+    table = ", ".join(connection.ops.quote_name(m._meta.db_table) for m in owners)
     try:
         with transaction.atomic(using=primary), connection.cursor() as cur:
             cur.execute("SET LOCAL lock_timeout = %s", [LOCK_TIMEOUT])
