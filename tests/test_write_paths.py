@@ -253,3 +253,14 @@ def test_rebuild_and_check_of_every_shape() -> None:
     call_command("rebuild_counts", verbosity=0)
     assert_exact()
     assert all(d.ok for d in check("shapes"))
+
+
+def test_django_refuses_what_it_refuses_with_its_own_errors() -> None:
+    Place.objects.create(city="a")
+    with pytest.raises(TypeError, match="slice"):
+        Place.objects.all()[:1].update(city="b")
+    with pytest.raises(TypeError, match="limit"):
+        Place.objects.all()[:1].delete()
+    with pytest.raises(TypeError, match="values"):
+        Place.objects.values("city").delete()
+    assert_exact()

@@ -88,14 +88,14 @@ def create(
     base = model._base_manager.using(db)
     # Rows holding a key of the new ones: the rows they may conflict with, and after the
     # insert the rows that hold those keys. New rows with no key conflict with nothing.
+    free = [obj for obj in objs if not _keys(obj, sets)]
     match = Q(pk__in=[])
-    free = []
-    for obj in objs:
-        keys = _keys(obj, sets)
-        for key in keys:
+    for names in sets:
+        keys = [key for obj in objs for key in _keys(obj, [names])]
+        if len(names) == 1 and keys:  # one IN list, not an OR of thousands of terms
+            match |= Q(**{f"{names[0]}__in": [key[names[0]] for key in keys]})
+        for key in keys if len(names) > 1 else []:
             match |= Q(**key)
-        if not keys:
-            free.append(obj)
     before = {
         row[0]: tuple(row[1:][i] for i in picks)
         for row in base.filter(match).select_for_update().order_by("pk").values_list("pk", *columns)

@@ -148,8 +148,8 @@ class CountedQuerySet(models.QuerySet[Any]):
 
     def update(self, **kwargs: Any) -> int:
         counters = touched(self.model, kwargs)
-        if not counters or self._bypass:
-            return int(super().update(**kwargs))
+        if not counters or self._bypass or self.query.is_sliced:
+            return int(super().update(**kwargs))  # Django refuses a sliced one itself
         ensure_available(self.model)
         given = {c: kwargs.get(c.field.name, kwargs.get(c.attname)) for c in counters}
         unknown = [
@@ -177,8 +177,8 @@ class CountedQuerySet(models.QuerySet[Any]):
 
     def delete(self) -> tuple[int, dict[str, int]]:
         counters = written_counters(self._model)
-        if not counters:
-            return super().delete()
+        if not counters or self.query.is_sliced or getattr(self, "_fields", None) is not None:
+            return super().delete()  # Django refuses these itself
         ensure_available(self.model)
         # The collector deletes the rows of this model and of each multi-table parent, each
         # with its own signal: read all their old values here, locked, in one query.
