@@ -85,7 +85,13 @@ def handle_pre_delete(
         return
     deltas.ensure_available(sender)
     key = (counters[0].model, canonical_pk(sender, instance.pk))
-    collector.deleting(kwargs.get("origin")).add(key)
+    pending = collector.deleting(kwargs.get("origin"))
+    if key in pending:
+        # The same row collected twice, as two classes of one concrete model (deleting a
+        # proxy instance of a row that has a multi-table child collects it as the proxy, and
+        # as the child's parent): Django sends both instances' signals, one row goes.
+        return
+    pending.add(key)
     prefetched = prefetched_deletes.get() or {}
     old: tuple[Any, ...] | None = prefetched.get(key)
     if key not in prefetched:
