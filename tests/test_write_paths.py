@@ -104,7 +104,6 @@ def test_a_proxy_delete_of_a_row_with_a_multi_table_child(how: str) -> None:
     assert_exact()
 
 
-@pytest.mark.xfail(strict=True, reason="a parent's write misses a child's counter (known)")
 @pytest.mark.parametrize("how", ["save", "update", "bulk_update"])
 def test_a_parent_field_written_through_the_parent_of_a_child_row(how: str) -> None:
     # Branch counts city, a field of its parent: a write through Place of a row that is a

@@ -16,10 +16,18 @@ from django.db.models.signals import post_delete, post_save, pre_delete, pre_sav
 
 from distinct_counter.counting import collector, deltas
 from distinct_counter.counting.commit import record
-from distinct_counter.counting.registry import Counter, counters_of, touched, written_counters
+from distinct_counter.counting.registry import (
+    Counter,
+    counters_of,
+    lineage,
+    touched,
+    written_counters,
+)
 from distinct_counter.counting.rows import canonical_pk, locked_row
 
 _OLD = "_distinct_counter_old"
+#: The rows a running delete collector has sent ``pre_delete`` for, on the collector.
+_SEEN = "_distinct_counter_seen"
 
 #: Old values of rows that ``CountedQuerySet.delete()`` already read, locked, in one query:
 #: (concrete model, pk) -> values, so the per-instance handler does not read them again. None
@@ -71,9 +79,16 @@ def handle_post_save(
     if stash is None:
         return
     counters, old = stash
-    unknown = [c for c in counters if computed(instance, c)]
+    # A descendant's counter (the row may be one of the descendant's rows) is read back too;
+    # a row just inserted has no descendant row yet.
+    tables = lineage(sender)
+    below = [c for c in counters if c.model not in tables]
+    unknown = [c for c in counters if computed(instance, c) or (c in below and not created)]
     stored = dict(zip(unknown, locked_row(sender, using, instance.pk, unknown) or (), strict=False))
-    new = tuple(stored[c] if c in stored else getattr(instance, c.attname) for c in counters)
+    new = tuple(
+        stored.get(c) if c in unknown or c in below else getattr(instance, c.attname)
+        for c in counters
+    )
     record(using, deltas.between(counters, None if created else old, new))
 
 
@@ -85,13 +100,14 @@ def handle_pre_delete(
         return
     deltas.ensure_available(sender)
     key = (counters[0].model, canonical_pk(sender, instance.pk))
-    pending = collector.deleting(kwargs.get("origin"))
-    if key in pending:
+    running = collector.running_collector()
+    seen: set[Any] = running.__dict__.setdefault(_SEEN, set()) if running else set()
+    if key in seen:
         # The same row collected twice, as two classes of one concrete model (deleting a
         # proxy instance of a row that has a multi-table child collects it as the proxy, and
         # as the child's parent): Django sends both instances' signals, one row goes.
         return
-    pending.add(key)
+    seen.add(key)
     prefetched = prefetched_deletes.get() or {}
     old: tuple[Any, ...] | None = prefetched.get(key)
     if key not in prefetched:
@@ -106,9 +122,6 @@ def handle_post_delete(
     if stash is None:
         return
     counters, old = stash
-    collector.deleting(kwargs.get("origin")).discard(
-        (counters[0].model, canonical_pk(sender, instance.pk))
-    )
     record(using, deltas.between(counters, old, None))
 
 

@@ -11,7 +11,13 @@ from distinct_counter.counting import conflicts
 from distinct_counter.counting.commit import record, stale_on_commit
 from distinct_counter.counting.deltas import Deltas, between, ensure_available, merge
 from distinct_counter.counting.handlers import computed, prefetched_deletes
-from distinct_counter.counting.registry import Counter, counters_of, touched, written_counters
+from distinct_counter.counting.registry import (
+    Counter,
+    counters_of,
+    lineage,
+    touched,
+    written_counters,
+)
 from distinct_counter.counting.rows import canonical_pk, lock_absent, locked_rows
 
 #: Rows read, locked and updated per query by ``update()``: memory stays flat on huge updates.
@@ -91,7 +97,10 @@ class CountedQuerySet(models.QuerySet[Any]):
         ensure_available(self.model)
         objs = list(objs)
         if ignore_conflicts or update_conflicts:
+            below = [c for c in written_counters(self._model) if c not in counters]
             with transaction.atomic(using=self.db, savepoint=False):
+                if update_conflicts and below:  # rows updated may be a descendant's
+                    stale_on_commit(self.db, below, "bulk_create() updated rows of a child")
                 return conflicts.create(
                     self,
                     objs,
@@ -135,7 +144,12 @@ class CountedQuerySet(models.QuerySet[Any]):
             updated = int(models.QuerySet.bulk_update(bypass, objs, fields, batch_size=batch_size))
             # An expression, or a pk given twice (the first in a batch wins, the last batch
             # wins), leaves the rows' new values to the database: read them back.
-            unknown = [c for c in counters if any(computed(o, c) for o in objs)]
+            # So does a descendant's counter: whether the row is the descendant's is not known.
+            unknown = [
+                c
+                for c in counters
+                if c.model not in lineage(self.model) or any(computed(o, c) for o in objs)
+            ]
             if len(set(pks)) < len(pks):
                 unknown = list(counters)
             stored = locked_rows(self.model, self.db, old, unknown)
@@ -152,9 +166,14 @@ class CountedQuerySet(models.QuerySet[Any]):
             return int(super().update(**kwargs))  # Django refuses a sliced one itself
         ensure_available(self.model)
         given = {c: kwargs.get(c.field.name, kwargs.get(c.attname)) for c in counters}
-        unknown = [
+        # Values read back after the update: expressions, generated columns, and the counters
+        # of multi-table descendants (whether a row is a descendant's is not known here).
+        tables = lineage(self.model)
+        direct = [c for c in counters if c.model in tables]
+        below = [c for c in counters if c.model not in tables]
+        unknown = below + [
             c
-            for c in counters
+            for c in direct
             if getattr(c.field, "generated", False) or hasattr(given[c], "resolve_expression")
         ]
         base = self.model._base_manager.using(self.db)
@@ -163,27 +182,29 @@ class CountedQuerySet(models.QuerySet[Any]):
         with transaction.atomic(using=self.db, savepoint=False):
             # Update exactly the rows locked: a row inserted meanwhile that matches the
             # filter is left out, as if this UPDATE had run first.
-            for chunk in self._locked(counters):
+            for chunk in self._locked(direct):
                 pks = [r[0] for r in chunk]
+                before = locked_rows(self.model, self.db, pks, below)
                 rows += int(models.QuerySet.update(base.filter(pk__in=pks), **kwargs))
                 stored = locked_rows(self.model, self.db, pks, unknown)
-                for pk, *old in chunk:
+                for pk, *values in chunk:
+                    old = [*values, *before.get(pk, [None] * len(below))]
                     new = [
-                        stored[pk][unknown.index(c)] if c in unknown else given[c] for c in counters
+                        stored[pk][unknown.index(c)] if c in unknown else given[c]
+                        for c in [*direct, *below]
                     ]
-                    merge(deltas, between(counters, old, new))
+                    merge(deltas, between([*direct, *below], old, new))
             record(self.db, deltas)
         return rows
 
     def delete(self) -> tuple[int, dict[str, int]]:
-        counters = written_counters(self._model)
+        # The collector deletes the rows of this model and of each multi-table parent, each
+        # with its own signal: read all their old values here, locked, in one query.
+        owners = [m for m in lineage(self.model) if counters_of(m)]
+        counters = [c for m in owners for c in counters_of(m)]
         if not counters or self.query.is_sliced or getattr(self, "_fields", None) is not None:
             return super().delete()  # Django refuses these itself
         ensure_available(self.model)
-        # The collector deletes the rows of this model and of each multi-table parent, each
-        # with its own signal: read all their old values here, locked, in one query.
-        concrete = self.model._meta.concrete_model
-        owners = [m for m in [concrete, *concrete._meta.get_parent_list()] if counters_of(m)]
         with transaction.atomic(using=self.db, savepoint=False):
             prefetched = dict(prefetched_deletes.get() or {})
             for chunk in self._locked(counters):

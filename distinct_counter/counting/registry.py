@@ -102,16 +102,29 @@ def counters_of(model: type[models.Model]) -> tuple[Counter, ...]:
     return tuple(result)
 
 
+def lineage(model: type[models.Model]) -> tuple[type[models.Model], ...]:
+    """``model``'s concrete model and its multi-table parents: the tables a save writes."""
+    concrete = model._meta.concrete_model or model
+    return (concrete, *concrete._meta.get_parent_list())
+
+
 @functools.cache
 def written_counters(model: type[models.Model]) -> tuple[Counter, ...]:
-    """The counters that a save of ``model``'s instances changes: its own, and those of its
-    multi-table parents (a child's save writes its parents' rows too, with no signal of
-    their own). A delete sends a signal per table, so it changes only :func:`counters_of`.
+    """The counters that a save (or an update) of ``model``'s rows changes: its own, those
+    of its multi-table parents (a child's save writes its parents' rows too, with no signal
+    of their own), and those of its multi-table descendants on a column of those tables (a
+    row written through the parent may be a child's row). A delete sends a signal per
+    table, so it changes only :func:`counters_of` of each.
     """
-    concrete = model._meta.concrete_model or model
-    return counters_of(concrete) + tuple(
-        c for parent in concrete._meta.get_parent_list() for c in counters_of(parent)
+    tables = lineage(model)
+    below = (
+        c
+        for c in all_counters()
+        if c.model not in tables
+        and tables[0] in c.model._meta.get_parent_list()
+        and c.field.model._meta.concrete_model in tables
     )
+    return tuple(c for m in tables for c in counters_of(m)) + tuple(below)
 
 
 def touched(model: type[models.Model], names: Iterable[str] | None) -> tuple[Counter, ...]:

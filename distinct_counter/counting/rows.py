@@ -10,7 +10,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import connections, models
 
-from distinct_counter.counting.registry import Counter
+from distinct_counter.counting.registry import Counter, lineage
 
 #: The absence of a row is locked in one of this many advisory locks per table (a row's pk
 #: picks one): a bulk insert of many explicit pks takes at most this many locks.
@@ -43,28 +43,43 @@ def locked_rows(
     counters = list(counters)
     if not pks or not counters:
         return {}
-    conn = connections[using]
-    locking = conn.in_atomic_block
+    locking = connections[using].in_atomic_block
+    tables = lineage(model)
+    direct = [c for c in counters if c.model in tables]
+    rows = _read(model, using, pks, direct, locking)
+    missing = [pk for pk in pks if pk not in rows]
+    if missing and locking and lock_absent(model, using, missing):
+        rows.update(_read(model, using, missing, direct, locking))
+    # A multi-table descendant's counter of a column of these tables: its value where the
+    # row is one of the descendant's, nothing (not counted there) elsewhere.
+    values = {c: i for i, c in enumerate(direct)}
+    below: dict[Counter, dict[Any, Any]] = {}
+    for sub in dict.fromkeys(c.model for c in counters if c.model not in tables):
+        subs = [c for c in counters if c.model is sub]
+        found = _read(sub, using, list(rows), subs, locking)
+        below.update({c: {pk: row[i] for pk, row in found.items()} for i, c in enumerate(subs)})
+    return {
+        pk: tuple(row[values[c]] if c in values else below[c].get(pk) for c in counters)
+        for pk, row in rows.items()
+    }
+
+
+def _read(
+    model: type[models.Model], using: str, pks: list[Any], counters: list[Counter], locking: bool
+) -> dict[Any, tuple[Any, ...]]:
+    """The rows ``pks`` of ``model`` with the values of ``counters``, locked if ``locking``."""
     # A multi-table child's counters may name one column twice (its own counter of a
     # parent's field, and the parent's): read each once.
     columns = list(dict.fromkeys(c.attname for c in counters))
     picks = [columns.index(c.attname) + 1 for c in counters]
-
-    def read(keys: list[Any]) -> dict[Any, tuple[Any, ...]]:
-        found: dict[Any, tuple[Any, ...]] = {}
-        for start in range(0, len(keys), 1000):
-            qs = model._base_manager.using(using).filter(pk__in=keys[start : start + 1000])
-            if locking:
-                qs = qs.select_for_update()
-            for r in qs.order_by("pk").values_list("pk", *columns):
-                found[r[0]] = tuple(r[i] for i in picks)
-        return found
-
-    rows = read(pks)
-    missing = [pk for pk in pks if pk not in rows]
-    if missing and locking and lock_absent(model, using, missing):
-        rows.update(read(missing))
-    return rows
+    found: dict[Any, tuple[Any, ...]] = {}
+    for start in range(0, len(pks), 1000):
+        qs = model._base_manager.using(using).filter(pk__in=pks[start : start + 1000])
+        if locking:
+            qs = qs.select_for_update()
+        for r in qs.order_by("pk").values_list("pk", *columns):
+            found[r[0]] = tuple(r[i] for i in picks)
+    return found
 
 
 def locked_row(
