@@ -51,7 +51,7 @@ def handle_pre_delete(
         rows = counter.model._base_manager.using(using).filter(**{counter.attname: target})
         if conn.in_atomic_block:
             rows = rows.select_for_update()
-        old = dict(rows.order_by("pk").values_list("pk", counter.attname))
+        old = dict(rows.order_by("pk").values_list("pk", counter.column))
         if old:
             pointing.append((counter, old))
     instance.__dict__[_POINTING] = pointing

@@ -47,8 +47,8 @@ def locked_rows(
     locking = conn.in_atomic_block
     # A multi-table child's counters may name one column twice (its own counter of a
     # parent's field, and the parent's): read each once.
-    columns = list(dict.fromkeys(c.attname for c in counters))
-    picks = [columns.index(c.attname) + 1 for c in counters]
+    columns = list(dict.fromkeys(c.column for c in counters))
+    picks = [columns.index(c.column) + 1 for c in counters]
 
     def read(keys: list[Any]) -> dict[Any, tuple[Any, ...]]:
         found: dict[Any, tuple[Any, ...]] = {}
