@@ -298,3 +298,34 @@ def test_a_foreign_key_is_found_by_its_instance(name: str) -> None:
         == Typed.objects.filter(**{name: instance}).count()
     )
     assert DistinctCount.frequency(name, instance, Typed) > 0
+
+
+@pytest.mark.parametrize(
+    "value,postgresql,sqlite",
+    [
+        (D("1.005"), "1.01", "1.005"),  # half away from zero, where quantize is half-even
+        (D("-1.005"), "-1.01", "-1.005"),
+        (D("1.1"), "1.10", "1.10"),
+        (D("-0.001"), "0.00", "-0.001"),
+        (D("-0.00"), "0.00", "0.00"),
+        # SQLite keeps 15 significant digits of a REAL: these count as one there.
+        (D("1.0000000000000001"), "1.00", "1.00"),
+        (D("1234567.123456789012"), "1234567.12", "1234567.12345679"),
+    ],
+)
+def test_decimals_as_each_database_rounds_them(value: Any, postgresql: str, sqlite: str) -> None:
+    field = Typed._meta.get_field("decimal")
+    assert normalize(field, value, vendor="postgresql") == postgresql
+    assert normalize(field, value, vendor="sqlite") == sqlite
+
+
+def test_each_counter_follows_its_models_database(settings: Any) -> None:
+    from distinct_counter.counting import values
+
+    class ToReplica:
+        def db_for_write(self, model: Any, **hints: Any) -> str | None:
+            return "replica" if model is Typed else None
+
+    assert values.database_of(Typed) == "default"
+    settings.DATABASE_ROUTERS = [ToReplica()]
+    assert values.database_of(Typed) == "replica"  # setting_changed cleared the cache
