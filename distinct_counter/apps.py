@@ -28,9 +28,12 @@ class DistinctCounterConfig(AppConfig):
 def _setting_changed(setting: str, **kwargs: Any) -> None:
     """Forget what was derived from settings: Redis clients, breakers, replica health."""
     from distinct_counter import connection
+    from distinct_counter.counting import registry
     from distinct_counter.routing import health
 
     if setting in ("DISTINCT_COUNTER", "CACHES"):
         connection.reset()
     if setting in ("DISTINCT_COUNTER", "DATABASES"):
         health.reset()
+    if setting in ("DATABASES", "DATABASE_ROUTERS"):
+        registry.clear_cache()  # the database each counter follows

@@ -36,6 +36,14 @@ checks beside its settings; this module registers them all.
 ``distinct_counter.E027``  its ``OPTIONS`` has an unknown key
 ``distinct_counter.E028``  its MASTER or REPLICA hides failures (``IGNORE_EXCEPTIONS``)
 ``distinct_counter.E029``  the directory of its ``JOURNAL_FILE`` does not exist
+``distinct_counter.E030``  a counted field's type is not compared as one text per value
+                           (``JSONField``, arrays, ranges, custom types)
+``distinct_counter.E031``  a counted text field has a ``db_collation`` that may compare
+                           different texts as equal
+``distinct_counter.E032``  a counted model has a composite primary key
+``distinct_counter.E033``  a foreign key of a counted model has a database-level
+                           ``on_delete`` (``DB_CASCADE``; ``DB_SET_NULL`` or
+                           ``DB_SET_DEFAULT`` on a counted foreign key)
 =====================  =====================================================================
 """
 

@@ -14,6 +14,7 @@ INSTALLED_APPS = [
     "distinct_counter",
     "tests.testapp",
     "tests.shapes",
+    "tests.typesapp",
 ]
 if django.VERSION >= (5, 0):
     INSTALLED_APPS.append("tests.shapes5")  # generated fields and database defaults

@@ -136,3 +136,99 @@ def test_w002_default_manager_does_not_count_bulk_operations() -> None:
     [warning] = check_model(Plain)
     assert warning.id == "distinct_counter.W002"
     assert "CountedQuerySet" in warning.hint
+
+
+def DB_CASCADE(collector: Any, field: Any, sub_objs: Any, using: Any) -> None:  # noqa: N802
+    """A stand-in for Django 6.1's database-level on_delete, known by its name."""
+
+
+def DB_SET_NULL(collector: Any, field: Any, sub_objs: Any, using: Any) -> None:  # noqa: N802
+    """Another stand-in (Django 6.1's ``models.DB_SET_NULL``)."""
+
+
+@isolate_apps("tests.testapp")
+def test_e030_a_type_the_database_compares_otherwise() -> None:
+    class Thing(models.CharField):  # type: ignore[type-arg]
+        def get_internal_type(self) -> str:
+            return "ThingField"
+
+    class Bad(CountedModel):
+        __module__ = "tests.testapp.models"
+        data = models.JSONField(null=True, db_index=True)
+        thing = Thing(max_length=5, db_index=True)
+        fine = models.CharField(max_length=5, db_index=True)
+        counted_fields = ("data", "thing", "fine")
+
+    errors = check_model(Bad)
+    assert ids(errors) == ["distinct_counter.E030", "distinct_counter.E030"]
+    assert "Bad.data" in errors[0].msg and "JSONField" in errors[0].msg
+    assert "ThingField" in errors[1].msg
+    assert "GeneratedField" in errors[0].hint
+
+
+@isolate_apps("tests.testapp")
+def test_e031_a_collation_that_may_compare_texts_apart_as_equal() -> None:
+    class Coded(models.Model):
+        __module__ = "tests.testapp.models"
+        code = models.CharField(max_length=5, primary_key=True, db_collation="und-x-icu")
+
+    class Bad(CountedModel):
+        __module__ = "tests.testapp.models"
+        name = models.CharField(max_length=5, db_index=True, db_collation="case_insensitive")
+        bytewise = models.CharField(max_length=5, db_index=True, db_collation="C")
+        coded = models.ForeignKey(Coded, on_delete=models.CASCADE)
+        counted_fields = ("name", "bytewise", "coded")
+
+    errors = check_model(Bad)
+    assert ids(errors) == ["distinct_counter.E031", "distinct_counter.E031"]
+    assert "'case_insensitive'" in errors[0].msg and "'und-x-icu'" in errors[1].msg
+    assert "without db_collation" in errors[0].hint
+
+
+@pytest.mark.skipif(not hasattr(models, "CompositePrimaryKey"), reason="Django < 5.2")
+@isolate_apps("tests.testapp")
+def test_e032_a_composite_primary_key() -> None:
+    class Bad(CountedModel):
+        __module__ = "tests.testapp.models"
+        pk = models.CompositePrimaryKey("shop", "code")  # type: ignore[attr-defined]
+        shop = models.IntegerField()
+        code = models.CharField(max_length=5, db_index=True)
+        counted_fields = ("code",)
+
+    [error] = check_model(Bad)
+    assert error.id == "distinct_counter.E032"
+    assert "UniqueConstraint" in error.hint
+
+
+@isolate_apps("tests.testapp")
+def test_e033_a_database_level_on_delete() -> None:
+    class Owner(models.Model):
+        __module__ = "tests.testapp.models"
+
+    class Cascaded(CountedModel):
+        __module__ = "tests.testapp.models"
+        owner = models.ForeignKey(Owner, on_delete=DB_CASCADE)  # not counted: still deletes
+        name = models.CharField(max_length=5, db_index=True)
+        counted_fields = ("name",)
+
+    class Nulled(CountedModel):
+        __module__ = "tests.testapp.models"
+        owner = models.ForeignKey(Owner, null=True, on_delete=DB_SET_NULL, db_index=True)
+        other = models.ForeignKey(Owner, null=True, on_delete=DB_SET_NULL, related_name="+")
+        counted_fields = ("owner",)  # other is not counted: its rewrite changes no count
+
+    [cascade] = check_model(Cascaded)
+    assert cascade.id == "distinct_counter.E033"
+    assert "on_delete=DB_CASCADE" in cascade.msg and "deletes rows" in cascade.msg
+    assert "on_delete=CASCADE" in cascade.hint
+    [nulled] = check_model(Nulled)
+    assert nulled.id == "distinct_counter.E033"
+    assert "Nulled.owner" in nulled.msg and "rewrites owner" in nulled.msg
+    assert "on_delete=SET_NULL" in nulled.hint
+
+
+@isolate_apps("tests.testapp")
+def test_every_exact_type_passes() -> None:
+    from tests.typesapp.models import Typed
+
+    assert check_model(Typed) == []

@@ -32,6 +32,7 @@ def test_counting_tests_pass_on_sqlite() -> None:
             "tests/test_counting.py",
             "tests/test_properties.py",
             "tests/test_write_paths.py",
+            "tests/test_values.py",
         ],
         cwd=ROOT,
         capture_output=True,

@@ -1,5 +1,5 @@
 """The counters' system checks: settings (E001, E002, E006-E008) and counted models (E003-E005,
-W001, W002)."""
+E030-E033, W001, W002)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from distinct_counter.conf import database_errors, is_subclass_path
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.queryset import CountedQuerySet
 from distinct_counter.counting.registry import counted_models
+from distinct_counter.counting.values import BYTEWISE_COLLATIONS, EXACT_TYPES, storage
 from distinct_counter.indexes.planner import has_index
 
 #: Caches the counters can use: django-redis's, and anything built on it.
@@ -65,10 +66,9 @@ def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
 
 def check_model(model: type[models.Model]) -> list[checks.CheckMessage]:
     """The checks of one counted model."""
-    errors: list[checks.CheckMessage] = []
     fields = getattr(model, "counted_fields", ())
     if not isinstance(fields, (tuple, list)) or not all(isinstance(f, str) for f in fields):
-        errors.append(
+        return [
             checks.Error(
                 f"{model._meta.label}.counted_fields must be a tuple or list of field names, "
                 f"not {fields!r}.",
@@ -76,44 +76,11 @@ def check_model(model: type[models.Model]) -> list[checks.CheckMessage]:
                 obj=model,
                 id="distinct_counter.E003",
             )
-        )
-        return errors
+        ]
+    errors: list[checks.CheckMessage] = []
     for name in fields:
-        try:
-            field = model._meta.get_field(name)
-        except FieldDoesNotExist:
-            errors.append(
-                checks.Error(
-                    f"{model._meta.label}.counted_fields names {name!r}, which is not a field.",
-                    hint="Fields: " + ", ".join(f.name for f in model._meta.concrete_fields),
-                    obj=model,
-                    id="distinct_counter.E004",
-                )
-            )
-            continue
-        if field.many_to_many or not getattr(field, "concrete", False):
-            errors.append(
-                checks.Error(
-                    f"{model._meta.label}.{name} cannot be counted: it is not a column of the "
-                    "model's table (many-to-many, reverse relation or generic).",
-                    hint="Count a concrete field; for a many-to-many, count a field of the "
-                    "through model.",
-                    obj=model,
-                    id="distinct_counter.E005",
-                )
-            )
-            continue
-        if not has_index(model, field):  # type: ignore[arg-type]
-            errors.append(
-                checks.Warning(
-                    f"{model._meta.label}.{name} is counted but has no database index; "
-                    "rebuilds and database fallbacks will scan the whole table.",
-                    hint="Add an index without locking writes: manage.py counted_indexes "
-                    f"{model._meta.app_label} writes a CreateIndexConcurrently migration.",
-                    obj=model,
-                    id="distinct_counter.W001",
-                )
-            )
+        errors += _field_errors(model, name)
+    errors += _write_errors(model, fields)
     manager = model._default_manager
     if not isinstance(manager.get_queryset(), CountedQuerySet):
         errors.append(
@@ -126,4 +93,115 @@ def check_model(model: type[models.Model]) -> list[checks.CheckMessage]:
                 id="distinct_counter.W002",
             )
         )
+    return errors
+
+
+def _field_errors(model: type[models.Model], name: str) -> list[checks.CheckMessage]:
+    """E004, E005, E030, E031 and W001 for one counted field."""
+    label = model._meta.label
+    try:
+        field: Any = model._meta.get_field(name)
+    except FieldDoesNotExist:
+        return [
+            checks.Error(
+                f"{label}.counted_fields names {name!r}, which is not a field.",
+                hint="Fields: " + ", ".join(f.name for f in model._meta.concrete_fields),
+                obj=model,
+                id="distinct_counter.E004",
+            )
+        ]
+    if field.many_to_many or not getattr(field, "concrete", False):
+        return [
+            checks.Error(
+                f"{label}.{name} cannot be counted: it is not a column of the model's table "
+                "(many-to-many, reverse relation or generic).",
+                hint="Count a concrete field; for a many-to-many, count a field of the "
+                "through model.",
+                obj=model,
+                id="distinct_counter.E005",
+            )
+        ]
+    column = storage(field)
+    kind = column.get_internal_type()
+    if kind not in EXACT_TYPES:
+        return [
+            checks.Error(
+                f"{label}.{name} cannot be counted exactly: the database compares its "
+                f"values ({kind}) otherwise than by one text per value.",
+                hint="Count a column of a plain type that holds what makes two values the "
+                "same (e.g. a GeneratedField or a field filled in save()).",
+                obj=model,
+                id="distinct_counter.E030",
+            )
+        ]
+    collation = getattr(column, "db_collation", None)
+    if collation and collation not in BYTEWISE_COLLATIONS:
+        return [
+            checks.Error(
+                f"{label}.{name} cannot be counted exactly: its db_collation {collation!r} "
+                "may compare texts that differ as equal (a nondeterministic collation makes "
+                "'A' = 'a' in COUNT(DISTINCT)).",
+                hint="Count a column without db_collation (or with "
+                f"{', '.join(sorted(BYTEWISE_COLLATIONS))}), e.g. a GeneratedField "
+                "holding the value folded the way the collation compares it.",
+                obj=model,
+                id="distinct_counter.E031",
+            )
+        ]
+    if not has_index(model, field):
+        return [
+            checks.Warning(
+                f"{label}.{name} is counted but has no database index; "
+                "rebuilds and database fallbacks will scan the whole table.",
+                hint="Add an index without locking writes: manage.py counted_indexes "
+                f"{model._meta.app_label} writes a CreateIndexConcurrently migration.",
+                obj=model,
+                id="distinct_counter.W001",
+            )
+        ]
+    return []
+
+
+def _on_delete_name(field: Any) -> str:
+    """The name of a foreign key's ``on_delete`` (``"DB_CASCADE"`` for Django 6.1's
+    database-level actions, which are known here by name: older Djangos lack them)."""
+    action = getattr(field.remote_field, "on_delete", None)
+    return str(getattr(action, "__name__", "") or getattr(action, "name", "") or "")
+
+
+def _write_errors(model: type[models.Model], counted: Any) -> list[checks.CheckMessage]:
+    """E032 (a composite primary key) and E033 (a database-level ``on_delete``): writes
+    that the counters cannot follow."""
+    label = model._meta.label
+    errors: list[checks.CheckMessage] = []
+    composite = getattr(models, "CompositePrimaryKey", None)
+    if composite is not None and isinstance(model._meta.pk, composite):
+        errors.append(
+            checks.Error(
+                f"{label} has a composite primary key, which the counters cannot follow: "
+                "they lock and read rows by a single-column primary key.",
+                hint="Give the model a single-column primary key (e.g. the default id) and "
+                "keep the composite key as a UniqueConstraint.",
+                obj=model,
+                id="distinct_counter.E032",
+            )
+        )
+    for field in model._meta.concrete_fields:
+        action = _on_delete_name(field) if field.is_relation else ""
+        if action == "DB_CASCADE" or (
+            action.startswith("DB_") and {field.name, field.attname} & set(counted)
+        ):
+            what = (
+                "deletes rows of this model" if action == "DB_CASCADE" else f"rewrites {field.name}"
+            )
+            errors.append(
+                checks.Error(
+                    f"{label}.{field.name} has on_delete={action}: the database {what} "
+                    "without a signal, so the counters would not see it.",
+                    hint=f"Use on_delete={action.removeprefix('DB_')} (Django's collector "
+                    "sends the signals the counters follow).",
+                    obj=model,
+                    id="distinct_counter.E033",
+                )
+            )
     return errors

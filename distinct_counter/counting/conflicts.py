@@ -83,8 +83,8 @@ def create(
     meta = model._meta
     sets = [_attnames(model, unique_fields)] if unique_fields else unique_sets(meta.concrete_model)
     sets = [*sets, (str(meta.pk.attname),)]
-    columns = list(dict.fromkeys(c.attname for c in counters))
-    picks = [columns.index(c.attname) for c in counters]
+    columns = list(dict.fromkeys(c.column for c in counters))
+    picks = [columns.index(c.column) for c in counters]
     base = model._base_manager.using(db)
     # Rows holding a key of the new ones: the rows they may conflict with, and after the
     # insert the rows that hold those keys. New rows with no key conflict with nothing.

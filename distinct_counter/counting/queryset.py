@@ -27,8 +27,8 @@ CHUNK = 2000
 def _columns(counters: Sequence[Counter]) -> tuple[list[str], list[int]]:
     """The distinct attnames of ``counters``, and where each counter's value is in a row of
     ``values_list("pk", *attnames)``."""
-    columns = list(dict.fromkeys(c.attname for c in counters))
-    return columns, [columns.index(c.attname) + 1 for c in counters]
+    columns = list(dict.fromkeys(c.column for c in counters))
+    return columns, [columns.index(c.column) + 1 for c in counters]
 
 
 class CountedQuerySet(models.QuerySet[Any]):

@@ -210,7 +210,7 @@ def _member_batches(
                 for v in counter.model._base_manager.using(db)
                 .filter(**{f"{counter.attname}__isnull": False})
                 .order_by()
-                .values_list(counter.attname, flat=True)
+                .values_list(counter.column, flat=True)
                 .distinct()
                 .iterator(chunk_size=batch_size)
             ),

@@ -15,7 +15,13 @@ from django.apps import apps
 from django.db import models
 
 from distinct_counter.counting.conf import conf
-from distinct_counter.counting.values import denormalize, normalize, text_as_is
+from distinct_counter.counting.values import (
+    database_of,
+    denormalize,
+    normalize,
+    stored_value,
+    text_as_is,
+)
 from distinct_counter.exceptions import NotCounted
 
 #: The class attribute that marks ``CountedModel`` and its subclasses. The registry looks for
@@ -39,6 +45,12 @@ class Counter:
     def attname(self) -> str:
         """The column attribute: ``city`` or, for a ForeignKey, ``author_id``."""
         return str(self.field.attname)
+
+    @property
+    def column(self) -> Any:
+        """What to select to read the value as the database stores it: the attname, or an
+        expression where the ORM's read would change it (``values.stored_value``)."""
+        return stored_value(self.field)
 
     def key(self, part: str) -> str:
         """A Redis key of this counter.
@@ -235,8 +247,11 @@ def counters_named(names: Iterable[str]) -> list[Counter]:
 
 
 def clear_cache() -> None:
-    """Forget the counters found so far (on ``setting_changed``, and when apps change)."""
+    """Forget the counters found so far, and the databases they follow (on
+    ``setting_changed``, and when apps change)."""
     text_as_is.cache_clear()
+    database_of.cache_clear()
+    stored_value.cache_clear()
     counters_of.cache_clear()
     written_counters.cache_clear()
     rewritten_by.cache_clear()

@@ -70,8 +70,8 @@ def _read(
     """The rows ``pks`` of ``model`` with the values of ``counters``, locked if ``locking``."""
     # A multi-table child's counters may name one column twice (its own counter of a
     # parent's field, and the parent's): read each once.
-    columns = list(dict.fromkeys(c.attname for c in counters))
-    picks = [columns.index(c.attname) + 1 for c in counters]
+    columns = list(dict.fromkeys(c.column for c in counters))
+    picks = [columns.index(c.column) + 1 for c in counters]
     found: dict[Any, tuple[Any, ...]] = {}
     for start in range(0, len(pks), 1000):
         qs = model._base_manager.using(using).filter(pk__in=pks[start : start + 1000])

@@ -37,7 +37,7 @@ def grouped_chunks(
         qs = qs.filter(**{f"{counter.attname}__in": [counter.denormalize(v) for v in values]})
     else:
         qs = qs.filter(**{f"{counter.attname}__isnull": False})
-    query = qs.values_list(counter.attname).annotate(n=Count("*")).query
+    query = qs.values_list(counter.column).annotate(n=Count("*")).query
     compiler = query.get_compiler(using=qs.db)
     chunks = compiler.execute_sql(
         MULTI,
