@@ -1,4 +1,5 @@
-"""The quick extra configuration: the counting tests again, on SQLite, in a subprocess.
+"""The quick extra configuration: the counting tests (and the differential one) again, on
+SQLite, in a subprocess.
 
 The subprocess inherits this session's environment, so it uses the same Redis servers
 rather than starting its own.
@@ -33,6 +34,7 @@ def test_counting_tests_pass_on_sqlite() -> None:
             "tests/test_properties.py",
             "tests/test_write_paths.py",
             "tests/test_values.py",
+            "tests/test_differential.py",
         ],
         cwd=ROOT,
         capture_output=True,
