@@ -293,3 +293,19 @@ def test_django_refuses_what_it_refuses_with_its_own_errors() -> None:
     with pytest.raises(TypeError, match="values"):
         Place.objects.values("city").delete()
     assert_exact()
+
+
+def test_bulk_create_with_conflicts_inside_a_savepoint() -> None:
+    Tag.objects.create(label="old", slug="a")
+    with transaction.atomic():
+        Place.objects.create(city="first")
+        with transaction.atomic():  # rows written here carry the savepoint's own xid
+            Tag.objects.bulk_create(
+                [Tag(label="new", slug="a"), Tag(label="x", slug="b")],
+                update_conflicts=True,
+                unique_fields=["slug"],
+                update_fields=["label"],
+            )
+    if connection.vendor != "postgresql":
+        call_command("rebuild_counts", "shapes.tag", verbosity=0)
+    assert_exact()

@@ -19,22 +19,25 @@ import functools
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from django.db import connections, models
+from django.db import IntegrityError, connections, models, transaction
 from django.db.models import Q
 from django.db.models.expressions import RawSQL
 
 from distinct_counter.counting.commit import record, stale_on_commit
 from distinct_counter.counting.deltas import Deltas, between, merge
 from distinct_counter.counting.handlers import computed
-from distinct_counter.counting.registry import Counter
+from distinct_counter.counting.registry import Counter, lineage
+from distinct_counter.counting.rows import locked_rows
 
 #: Whether the row's ``xmin`` is a transaction still in progress, i.e. this one or one of its
-#: savepoints. ``xmin`` is 32 bits; ``txid_status`` wants the epoch too, taken from the
-#: current transaction's id (the epoch before it for an id above the current one's).
+#: savepoints (a row is visible to us only once its writer committed, or if we wrote it).
+#: ``xmin`` is 32 bits; ``txid_status`` wants the 64-bit id: the one nearest to this
+#: transaction's (every live id is within 2**31 of it). Ids below 3 are special (frozen).
 _OURS = (
-    "COALESCE(txid_status((CASE WHEN {t}.xmin::text::bigint <= (txid_current() & 4294967295)"
-    " THEN ((txid_current() >> 32) << 32) ELSE (((txid_current() >> 32) - 1) << 32) END)"
-    " | {t}.xmin::text::bigint) = 'in progress', false)"
+    "CASE WHEN {t}.xmin::text::bigint < 3 THEN false ELSE COALESCE(txid_status("
+    "txid_current() + mod(mod({t}.xmin::text::bigint - (txid_current() & 4294967295)"
+    " + 2147483648, 4294967296) + 4294967296, 4294967296) - 2147483648"
+    ") = 'in progress', false) END"
 )
 _UPDATED = "{t}.xmax::text <> '0'"
 
@@ -69,63 +72,74 @@ def create(
     queryset: models.QuerySet[Any],
     objs: list[models.Model],
     counters: Sequence[Counter],
-    unique_fields: Collection[str] | None,
-    insert: Callable[[], list[models.Model]],
+    options: dict[str, Any],
+    insert: Callable[[list[models.Model], dict[str, Any]], object],
 ) -> list[models.Model]:
-    """Run ``insert`` (the conflict-handling ``bulk_create``) and record what it did to
-    ``counters``. ``unique_fields`` is the conflict target of ``update_conflicts``."""
+    """Insert ``objs`` with ``insert(objs, options)`` (the conflict-handling ``bulk_create``)
+    and record what it did to ``counters``."""
     model: type[models.Model] = queryset.model
     db = queryset.db
     if connections[db].vendor != "postgresql":
-        created = insert()
+        insert(objs, options)
         stale_on_commit(db, counters, "bulk_create() with conflicts handled, not on PostgreSQL")
-        return created
+        return objs
     meta = model._meta
+    unique_fields = options["unique_fields"] if options["update_conflicts"] else None
     sets = [_attnames(model, unique_fields)] if unique_fields else unique_sets(meta.concrete_model)
     sets = [*sets, (str(meta.pk.attname),)]
-    columns = list(dict.fromkeys(c.column for c in counters))
-    picks = [columns.index(c.column) for c in counters]
-    base = model._base_manager.using(db)
-    # Rows holding a key of the new ones: the rows they may conflict with, and after the
-    # insert the rows that hold those keys. New rows with no key conflict with nothing.
+    # New rows with no key conflict with nothing. ignore_conflicts does not name the rows it
+    # inserts: those whose values the database computes are inserted apart, plainly, so
+    # that it names them (unless an automatic pk collides: then with the others, unnamed).
+    keyed = objs
     free = [obj for obj in objs if not _keys(obj, sets)]
+    if options["ignore_conflicts"] and any(computed(o, c) for o in free for c in counters):
+        try:
+            with transaction.atomic(using=db):
+                insert(free, {**options, "ignore_conflicts": False})
+            keyed = [obj for obj in objs if _keys(obj, sets)]
+        except IntegrityError:
+            pass
     match = Q(pk__in=[])
     for names in sets:
-        keys = [key for obj in objs for key in _keys(obj, [names])]
+        keys = [key for obj in keyed for key in _keys(obj, [names])]
         if len(names) == 1 and keys:  # one IN list, not an OR of thousands of terms
             match |= Q(**{f"{names[0]}__in": [key[names[0]] for key in keys]})
         for key in keys if len(names) > 1 else []:
             match |= Q(**key)
-    before = {
-        row[0]: tuple(row[1:][i] for i in picks)
-        for row in base.filter(match).select_for_update().order_by("pk").values_list("pk", *columns)
-    }
-    created = insert()
+    base = model._base_manager.using(db)
+    locked = base.filter(match).select_for_update().order_by("pk").values_list("pk", flat=True)
+    before = locked_rows(model, db, list(locked), counters)
+    insert(keyed, options)
     table = connections[db].ops.quote_name(meta.db_table)
-    after = (
-        base.filter(match | Q(pk__in=[*before, *(o.pk for o in free if o.pk is not None)]))
+    named = [o.pk for o in objs if o.pk is not None]
+    flags = (
+        base.filter(match | Q(pk__in=[*before, *named]))
         .annotate(
-            _dc_ours=RawSQL(_OURS.format(t=table), [], output_field=models.BooleanField()),
-            _dc_updated=RawSQL(_UPDATED.format(t=table), [], output_field=models.BooleanField()),
+            _dc_ours=RawSQL(_OURS.format(t=table), [], models.BooleanField()),
+            _dc_updated=RawSQL(_UPDATED.format(t=table), [], models.BooleanField()),
         )
-        .order_by("pk")
-        .values_list("pk", "_dc_ours", "_dc_updated", *columns)
+        .values_list("pk", "_dc_ours", "_dc_updated")
     )
-    deltas: Deltas = {}
-    for pk, ours, updated, *row in after:
-        values = tuple(row[i] for i in picks)
-        if pk in before:
-            merge(deltas, between(counters, before[pk], values))
-        elif ours and not updated:
-            merge(deltas, between(counters, None, values))
-        elif ours:
+    inserted, mine = [], []
+    for pk, ours, updated in flags:
+        if pk in before or ours:
+            mine.append(pk)
+        if ours and updated and pk not in before:  # its old values were never read
             stale_on_commit(db, counters, "bulk_create() updated a row inserted meanwhile")
-    for obj in free:
-        if obj.pk is not None:
-            continue
+        elif ours and pk not in before:
+            inserted.append(pk)
+    after = locked_rows(model, db, mine, counters)
+    deltas: Deltas = {}
+    for pk in [*before, *inserted]:
+        merge(deltas, between(counters, before.get(pk), after.get(pk)))
+    tables = lineage(model)
+    for obj in objs:
+        if obj.pk is not None or _keys(obj, sets):
+            continue  # read back above
         if any(computed(obj, c) for c in counters):  # computed in a row no one can name
             stale_on_commit(db, counters, "bulk_create() of computed values, no pks")
         else:  # Inserted (it conflicts with nothing) as it was sent.
-            merge(deltas, between(counters, None, [getattr(obj, c.attname) for c in counters]))
+            sent = [getattr(obj, c.attname) if c.model in tables else None for c in counters]
+            merge(deltas, between(counters, None, sent))
     record(db, deltas)
-    return created
+    return objs

@@ -97,16 +97,13 @@ class CountedQuerySet(models.QuerySet[Any]):
         ensure_available(self.model)
         objs = list(objs)
         if ignore_conflicts or update_conflicts:
-            below = [c for c in written_counters(self._model) if c not in counters]
             with transaction.atomic(using=self.db, savepoint=False):
-                if update_conflicts and below:  # rows updated may be a descendant's
-                    stale_on_commit(self.db, below, "bulk_create() updated rows of a child")
                 return conflicts.create(
                     self,
                     objs,
-                    counters,
-                    unique_fields if update_conflicts else None,
-                    lambda: super(CountedQuerySet, self).bulk_create(objs, **options),
+                    written_counters(self._model),  # an updated row may be a child's
+                    options,
+                    lambda some, how: super(CountedQuerySet, self).bulk_create(some, **how),
                 )
         # Explicit pks take the locks that deletes and updates of missing rows wait on. Not
         # pks of a default (fresh: nobody else can be writing them).
