@@ -1,5 +1,5 @@
 """``bulk_create(ignore_conflicts=True)`` and ``bulk_create(update_conflicts=True)``: which
-rows the database inserted, updated or left alone, as PostgreSQL tells it.
+rows the database inserted, updated or left alone, as PostgreSQL (or SQLite) tells it.
 
 Before the insert, the rows that the new ones could conflict with (same value of a unique
 field or constraint, or of ``unique_fields``) are read and locked; after it, the same rows
@@ -10,6 +10,8 @@ Rows read before give their old values; rows this transaction inserted count as 
 it did not write (a conflict skipped) change nothing. A row this transaction updated that
 was not there before (another transaction inserted it in between, a matter of
 milliseconds) has old values no one read: its counters are marked stale, never guessed.
+On SQLite no other connection can commit between the read and the insert (the
+transaction's snapshot holds, or its write fails), so a row not there before is ours.
 Other databases do not tell: the counters are marked stale there.
 """
 
@@ -79,9 +81,10 @@ def create(
     and record what it did to ``counters``."""
     model: type[models.Model] = queryset.model
     db = queryset.db
-    if connections[db].vendor != "postgresql":
+    vendor = connections[db].vendor
+    if vendor not in ("postgresql", "sqlite"):
         insert(objs, options)
-        stale_on_commit(db, counters, "bulk_create() with conflicts handled, not on PostgreSQL")
+        stale_on_commit(db, counters, f"bulk_create() with conflicts handled, on {vendor}")
         return objs
     meta = model._meta
     unique_fields = options["unique_fields"] if options["update_conflicts"] else None
@@ -96,7 +99,8 @@ def create(
         try:
             with transaction.atomic(using=db):
                 insert(free, {**options, "ignore_conflicts": False})
-            keyed = [obj for obj in objs if _keys(obj, sets)]
+            named = {id(obj) for obj in free}
+            keyed = [obj for obj in objs if id(obj) not in named]
         except IntegrityError:
             pass
     match = Q(pk__in=[])
@@ -112,14 +116,16 @@ def create(
     insert(keyed, options)
     table = connections[db].ops.quote_name(meta.db_table)
     named = [o.pk for o in objs if o.pk is not None]
-    flags = (
-        base.filter(match | Q(pk__in=[*before, *named]))
-        .annotate(
+    rows = base.filter(match | Q(pk__in=[*before, *named]))
+    if vendor == "postgresql":
+        flags: Any = rows.annotate(
             _dc_ours=RawSQL(_OURS.format(t=table), [], models.BooleanField()),
             _dc_updated=RawSQL(_UPDATED.format(t=table), [], models.BooleanField()),
-        )
-        .values_list("pk", "_dc_ours", "_dc_updated")
-    )
+        ).values_list("pk", "_dc_ours", "_dc_updated")
+    else:
+        # SQLite lets no other connection commit while this transaction holds what it read
+        # (or fails this one's write if one did): a row that was not there before is ours.
+        flags = [(pk, pk not in before, False) for pk in rows.values_list("pk", flat=True)]
     inserted, mine = [], []
     for pk, ours, updated in flags:
         if pk in before or ours:

@@ -101,7 +101,8 @@ class CountedQuerySet(models.QuerySet[Any]):
                 return conflicts.create(
                     self,
                     objs,
-                    written_counters(self._model),  # an updated row may be a child's
+                    # An updated row may be a child's; an insert has no child row yet.
+                    written_counters(self._model) if update_conflicts else counters,
                     options,
                     lambda some, how: super(CountedQuerySet, self).bulk_create(some, **how),
                 )
