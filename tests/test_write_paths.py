@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Case, Count, F, Value, When
 from django.db.models.functions import Concat, Lower, Upper
 
