@@ -99,8 +99,8 @@ def create(
         try:
             with transaction.atomic(using=db):
                 insert(free, {**options, "ignore_conflicts": False})
-            named = {id(obj) for obj in free}
-            keyed = [obj for obj in objs if id(obj) not in named]
+            apart = {id(obj) for obj in free}
+            keyed = [obj for obj in objs if id(obj) not in apart]
         except IntegrityError:
             pass
     match = Q(pk__in=[])
