@@ -59,7 +59,8 @@ def handle_pre_delete(sender: type[models.Model], using: str, **kwargs: Any) -> 
     if collector is None or _REWRITES in collector.__dict__:
         return
     collector.__dict__[_REWRITES] = rewrites = []
-    counters = [c for c in all_counters() if c.field in {f for f, _ in collector.field_updates}]
+    rewritten = {field for field, _ in collector.field_updates}
+    counters = [c for c in all_counters() if c.field in rewritten]
     if not counters:
         return
     if connections[using].in_atomic_block:

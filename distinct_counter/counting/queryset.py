@@ -18,17 +18,10 @@ from distinct_counter.counting.registry import (
     touched,
     written_counters,
 )
-from distinct_counter.counting.rows import canonical_pk, lock_absent, locked_rows
+from distinct_counter.counting.rows import canonical_pk, lock_absent, locked_rows, selected
 
 #: Rows read, locked and updated per query by ``update()``: memory stays flat on huge updates.
 CHUNK = 2000
-
-
-def _columns(counters: Sequence[Counter]) -> tuple[list[str], list[int]]:
-    """The distinct attnames of ``counters``, and where each counter's value is in a row of
-    ``values_list("pk", *attnames)``."""
-    columns = list(dict.fromkeys(c.column for c in counters))
-    return columns, [columns.index(c.column) + 1 for c in counters]
 
 
 class CountedQuerySet(models.QuerySet[Any]):
@@ -60,7 +53,7 @@ class CountedQuerySet(models.QuerySet[Any]):
         ``DISTINCT`` query or the nullable side of an outer join, which ``update()`` and
         ``delete()`` accept.
         """
-        columns, picks = _columns(counters)
+        columns, picks = selected(counters)
         rows = (
             self.model._base_manager.using(self.db)
             .filter(pk__in=self.order_by().values("pk"))
@@ -143,10 +136,9 @@ class CountedQuerySet(models.QuerySet[Any]):
             # An expression, or a pk given twice (the first in a batch wins, the last batch
             # wins), leaves the rows' new values to the database: read them back.
             # So does a descendant's counter: whether the row is the descendant's is not known.
+            tables = lineage(self.model)
             unknown = [
-                c
-                for c in counters
-                if c.model not in lineage(self.model) or any(computed(o, c) for o in objs)
+                c for c in counters if c.model not in tables or any(computed(o, c) for o in objs)
             ]
             if len(set(pks)) < len(pks):
                 unknown = list(counters)

@@ -64,14 +64,20 @@ def locked_rows(
     }
 
 
+def selected(counters: Iterable[Counter]) -> tuple[list[Any], list[int]]:
+    """What to select for ``counters`` after the pk, each column once (a multi-table child's
+    counters may name one twice: its own counter of a parent's field, and the parent's),
+    and where each counter's value is in a row of ``values_list("pk", *columns)``."""
+    counters = list(counters)
+    columns = list(dict.fromkeys(c.column for c in counters))
+    return columns, [columns.index(c.column) + 1 for c in counters]
+
+
 def _read(
     model: type[models.Model], using: str, pks: list[Any], counters: list[Counter], locking: bool
 ) -> dict[Any, tuple[Any, ...]]:
     """The rows ``pks`` of ``model`` with the values of ``counters``, locked if ``locking``."""
-    # A multi-table child's counters may name one column twice (its own counter of a
-    # parent's field, and the parent's): read each once.
-    columns = list(dict.fromkeys(c.column for c in counters))
-    picks = [columns.index(c.column) + 1 for c in counters]
+    columns, picks = selected(counters)
     found: dict[Any, tuple[Any, ...]] = {}
     for start in range(0, len(pks), 1000):
         qs = model._base_manager.using(using).filter(pk__in=pks[start : start + 1000])
