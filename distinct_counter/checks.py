@@ -26,15 +26,18 @@ checks beside its settings; this module registers them all.
 ``distinct_counter.E018``  ``MAX_REPLICA_LAG`` is set but a replica is not PostgreSQL
 ``distinct_counter.E019``  replicas or the pin middleware are configured, but no
                            ``PrimaryReplicaRouter`` is in ``DATABASE_ROUTERS``
-``distinct_counter.E020``  a MasterReplicaCache lacks ``OPTIONS`` ``MASTER`` or ``REPLICA``
-``distinct_counter.E021``  its ``MASTER``, ``REPLICA`` or ``LOCAL`` is not in ``CACHES``
-``distinct_counter.E022``  its ``MASTER`` or ``REPLICA`` is not a django-redis cache
-``distinct_counter.E023``  its ``LOCAL`` is its MASTER, its REPLICA or a MasterReplicaCache
+``distinct_counter.E020``  a cache with a ``MasterReplicaClient`` does not list two URLs in
+                           ``LOCATION``, or its ``SENTINELS`` is not a list of (host, port)
+``distinct_counter.E021``  its ``BACKEND`` is not django-redis's ``RedisCache``
+``distinct_counter.E022``  its ``LOCATION`` names the same server as master and replica
+``distinct_counter.E023``  a cache still uses the removed ``MasterReplicaCache`` backend
 ``distinct_counter.E024``  its ``REPLAY`` is not ``"delete"`` or ``"set"``
-``distinct_counter.E025``  its ``LOCAL_TTL`` or ``RETRY_INTERVAL`` is not a positive number
-``distinct_counter.E026``  its MASTER and REPLICA name keys differently
-``distinct_counter.E027``  its ``OPTIONS`` has an unknown key
-``distinct_counter.E028``  its MASTER or REPLICA hides failures (``IGNORE_EXCEPTIONS``)
+``distinct_counter.E025``  its ``READ_YOUR_WRITES`` or ``RETRY_INTERVAL`` is not a positive
+                           number
+``distinct_counter.E026``  (retired: a master/replica cache is one cache, its keys named once)
+``distinct_counter.E027``  (retired: ``OPTIONS`` also holds django-redis's own keys)
+``distinct_counter.E028``  (retired: ``IGNORE_EXCEPTIONS`` now means what it means in
+                           django-redis)
 ``distinct_counter.E029``  the directory of its ``JOURNAL_FILE`` does not exist
 ``distinct_counter.E030``  a counted field's type is not compared as one text per value
                            (``JSONField``, arrays, ranges, custom types)

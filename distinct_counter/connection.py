@@ -48,10 +48,9 @@ _lock = threading.Lock()
 def get_client(alias: str, *, write: bool = True) -> redis.Redis:
     """The raw Redis client behind the cache ``alias``.
 
-    Any cache with django-redis's ``cache.client.get_client(write)`` will do (a
-    ``MasterReplicaCache`` answers with its MASTER's client for writes, its REPLICA's for
-    reads). ``write=False`` asks for a read connection (a replica when the cache's
-    ``LOCATION`` lists several servers).
+    Any cache with django-redis's ``cache.client.get_client(write)`` will do. ``write=False``
+    asks for a read connection: a replica when the cache's ``LOCATION`` lists several
+    servers (this node's replica with a ``MasterReplicaClient``).
     """
     key = (alias, write)
     client = _clients.get(key)

@@ -10,7 +10,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from distinct_counter.cache.conf import CacheOptions
+from distinct_counter.cache.conf import ClientOptions
 from distinct_counter.checks import check_settings
 from distinct_counter.counting.conf import CountingSettings, conf
 from distinct_counter.routing.checks import check_router
@@ -86,12 +86,13 @@ def test_a_misconfigured_router_degrades_to_the_primary() -> None:
 
 
 @pytest.mark.parametrize(
-    "options,key", [({"LOCAL_TTL": "soon"}, "LOCAL_TTL"), ({"REPLAY": "merge"}, "REPLAY")]
+    "options,key",
+    [({"READ_YOUR_WRITES": "soon"}, "READ_YOUR_WRITES"), ({"REPLAY": "merge"}, "REPLAY")],
 )
 def test_cache_options_are_validated_by_the_same_code(options: dict[str, Any], key: str) -> None:
-    opts = CacheOptions(options={"MASTER": "default", "REPLICA": "replica1", **options})
+    opts = ClientOptions(options=options)
     [error] = opts.errors()
     assert key in error.msg
     with pytest.raises(ImproperlyConfigured):
         getattr(opts, key)
-    assert CacheOptions(options={"MASTER": "default"}).LOCAL_TTL == 5.0
+    assert ClientOptions(options={}).READ_YOUR_WRITES == 5.0

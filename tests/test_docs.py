@@ -36,12 +36,12 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
 
 
 def test_settings_page_documents_every_setting() -> None:
-    from distinct_counter.cache.conf import CacheOptions
+    from distinct_counter.cache.conf import ClientOptions
     from distinct_counter.counting.conf import CountingSettings
     from distinct_counter.routing.conf import RoutingSettings
 
     text = (DOCS / "settings.rst").read_text()
-    keys = [*CountingSettings.options(), *RoutingSettings.options(), *CacheOptions.options()]
+    keys = [*CountingSettings.options(), *RoutingSettings.options(), *ClientOptions.options()]
     missing = [k for k in keys if f"``{k}``" not in text]
     assert not missing, f"docs/settings.rst does not document {missing}"
 

@@ -1,5 +1,11 @@
-"""The writes a node could not send to its master, kept in order for replay: in the node's
-``LOCAL`` cache (:class:`CacheJournal`) or in a file (:class:`FileJournal`)."""
+"""The writes a node could not send to its master, kept in order in a file until the master
+takes them again.
+
+An entry is a command to replay: ``("DEL", *keys)``, ``("FLUSHDB",)``, ``("FLUSHALL",)``, or,
+with ``REPLAY = "set"``, ``("ADD", key, value, deadline_ms)``: store the value only where the
+master holds none, delete the key where it holds one. No value is ever read from a journal:
+a key with a journaled write reads as missing until the journal is replayed.
+"""
 
 from __future__ import annotations
 
@@ -10,103 +16,45 @@ import os
 import pickle
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from django.core.cache import caches
-from django.core.cache.backends.base import BaseCache
-
 try:
     import fcntl
-except ImportError:  # pragma: no cover - not on Windows: the file journal is then per process
+except ImportError:  # pragma: no cover - not on Windows: the journal is then per process
     fcntl = None  # type: ignore[assignment]
+
+Entry = tuple[Any, ...]
 
 _locks: dict[str, threading.Lock] = {}
 _locks_lock = threading.Lock()
 
+#: ``ADD``: the value only where the master holds none (its own may be newer than ours).
+ADD_SCRIPT = """
+if ARGV[2] == '' then
+  if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 1 end
+elseif redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+redis.call('DEL', KEYS[1])
+return 0
+"""
+
 
 def _lock(name: str) -> threading.Lock:
-    """The process's lock of one journal: its threads share one cache instance per thread,
-    but one journal."""
+    """The process's lock of one journal file: flock serializes processes, not threads."""
     with _locks_lock:
         return _locks.setdefault(name, threading.Lock())
 
 
-class Journal:
-    """The writes a node could not send to the master, in order.
-
-    Entries are dicts: ``op`` (``set``, ``delete``, ``delete_many``, ``touch``, ``clear``),
-    ``key``/``keys``, ``version``, ``timeout`` and, when ``REPLAY`` is ``"set"``, ``value``.
-    """
-
-    location: str
-
-    def append(self, entry: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    @contextlib.contextmanager
-    def taken(self) -> Iterator[list[dict[str, Any]]]:
-        """The entries, locked against other replays and appends; the caller removes the
-        ones it replayed from the list, and what is left is kept."""
-        raise NotImplementedError
-
-
-class CacheJournal(Journal):
-    """A journal kept under one key of the node's ``LOCAL`` cache, never expiring.
-
-    With a per-process ``LOCAL`` (``LocMemCache``), each process journals and replays its own
-    writes; a lock serializes its threads. Give such a cache a ``MAX_ENTRIES`` well above the
-    number of keys a node writes in ``LOCAL_TTL``, so culling never drops the journal.
-    """
-
-    def __init__(self, alias: str, name: str) -> None:
-        self.alias = alias
-        self.key = f"distinct_counter.cache.journal.{name}"
-        self.location = f"cache {alias!r}"
-        self.lock = _lock(f"cache:{alias}:{name}")
-
-    @property
-    def cache(self) -> BaseCache:
-        return caches[self.alias]
-
-    def _read(self) -> list[dict[str, Any]]:
-        return list(self.cache.get(self.key) or [])
-
-    def _write(self, entries: list[dict[str, Any]]) -> None:
-        if entries:
-            self.cache.set(self.key, entries, None)
-        else:
-            self.cache.delete(self.key)
-
-    def append(self, entry: dict[str, Any]) -> None:
-        with self.lock:
-            self._write([*self._read(), entry])
-
-    def __len__(self) -> int:
-        return len(self._read())
-
-    @contextlib.contextmanager
-    def taken(self) -> Iterator[list[dict[str, Any]]]:
-        with self.lock:
-            entries = self._read()
-            try:
-                yield entries
-            finally:
-                self._write(entries)
-
-
-class FileJournal(Journal):
+class FileJournal:
     """A journal in a local file: one pickled entry per line, appended under ``flock``, so
-    every process of the node (and ``manage.py replay_cache_journal``) shares it."""
+    every process of the node, and ``manage.py replay_cache_journal``, shares it."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.location = f"file {str(self.path)!r}"
-        self.lock = _lock(f"file:{self.path}")
+        self.lock = _lock(str(self.path))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[Any]:
@@ -124,10 +72,12 @@ class FileJournal(Journal):
                     fcntl.flock(fh, fcntl.LOCK_EX)
                 yield fh
 
-    def append(self, entry: dict[str, Any]) -> None:
+    def extend(self, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
         with self._locked() as fh:
             fh.seek(0, os.SEEK_END)
-            fh.write(_line(entry))
+            fh.write(b"".join(_line(e) for e in entries))
 
     def __len__(self) -> int:
         try:
@@ -143,7 +93,9 @@ class FileJournal(Journal):
             return False
 
     @contextlib.contextmanager
-    def taken(self) -> Iterator[list[dict[str, Any]]]:
+    def taken(self) -> Iterator[list[Entry]]:
+        """The entries, locked against other replays and appends; the caller removes the
+        ones it replayed from the front of the list, and what is left is kept."""
         with self._locked() as fh:
             entries = [pickle.loads(base64.b64decode(line)) for line in fh if line.strip()]
             try:
@@ -154,36 +106,24 @@ class FileJournal(Journal):
                 fh.writelines(_line(e) for e in entries)
 
 
-def _line(entry: dict[str, Any]) -> bytes:
+def _line(entry: Entry) -> bytes:
     return base64.b64encode(pickle.dumps(entry, pickle.HIGHEST_PROTOCOL)) + b"\n"
 
 
-def replay_entry(master: BaseCache, entry: dict[str, Any], mode: str) -> None:
-    """Replay one journal entry on the master."""
-    op, version = entry["op"], entry.get("version")
-    if op == "clear":
-        master.clear()
-    elif op == "delete":
-        master.delete(entry["key"], version=version)
-    elif op == "delete_many":
-        master.delete_many(entry["keys"], version=version)
-    elif op == "touch":
-        master.touch(entry["key"], entry["timeout"], version=version)
-    elif op in ("set", "set_many"):
-        data = entry.get("data") or ({entry["key"]: entry["value"]} if "value" in entry else {})
-        for key in entry.get("keys") or [entry["key"]]:
-            # Only where the master holds no value: one it holds may be newer than ours.
-            if (
-                mode == "set"
-                and key in data
-                and master.add(key, data[key], entry["timeout"], version=version)
-            ):
-                continue
-            master.delete(key, version=version)
-    else:  # pragma: no cover - written by this module only
-        raise ValueError(f"unknown journal entry {entry!r}")
+def replay(client: Any, entry: Entry) -> None:
+    """Send one journal entry to the master ``client`` (a bare redis-py client)."""
+    if entry[0] != "ADD":
+        client.execute_command(*entry)
+        return
+    _, key, value, deadline_ms = entry
+    left = "" if deadline_ms is None else str(int(deadline_ms - time.time() * 1000))
+    if left and int(left) <= 0:
+        client.execute_command("DEL", key)
+    else:
+        client.eval(ADD_SCRIPT, 1, key, value, left)
 
 
-def default_journal_file(master: str, params: dict[str, Any]) -> Path:
-    where = hashlib.sha1(repr((master, params.get("LOCATION"))).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"distinct_counter-cache-journal-{master}-{where}"
+def default_path(servers: Sequence[str]) -> Path:
+    """The journal file of a node with these servers when ``JOURNAL_FILE`` is not set."""
+    where = hashlib.sha1(repr(list(servers)).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"distinct_counter-cache-journal-{where}"

@@ -1,5 +1,5 @@
 """What the ``cache_status`` and ``replay_cache_journal`` commands run: the state of each
-MasterReplicaCache as its servers report it, and the replay of its journal."""
+cache with a MasterReplicaClient, as its servers report it, and the replay of its journal."""
 
 from __future__ import annotations
 
@@ -10,32 +10,36 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import caches
 
-from distinct_counter.cache.backend import MasterReplicaCache
-from distinct_counter.cache.conf import BACKEND, is_node, node_aliases
-from distinct_counter.connection import REDIS_ERRORS, get_client
+from distinct_counter.cache.client import MasterReplicaClient
+from distinct_counter.cache.conf import CLIENT, is_node, node_aliases
+from distinct_counter.cache.node import UNREACHABLE
+from distinct_counter.connection import REDIS_ERRORS
 
-__all__ = ["ReplayResult", "cache_status", "node", "node_aliases", "nodes", "replay_journal"]
+__all__ = ["ReplayResult", "cache_status", "client", "node_aliases", "nodes", "replay_journal"]
 
 
-def node(alias: str) -> MasterReplicaCache:
-    """The MasterReplicaCache ``CACHES[alias]``.
+def client(alias: str) -> MasterReplicaClient:
+    """The MasterReplicaClient of ``CACHES[alias]``.
 
-    :raises ValueError: ``alias`` is not in ``CACHES`` or is not a MasterReplicaCache.
+    :raises ValueError: ``alias`` is not in ``CACHES`` or does not use a MasterReplicaClient.
     """
     if alias not in settings.CACHES or not is_node(settings.CACHES[alias]):
         known = ", ".join(node_aliases()) or "none"
-        raise ValueError(f"{alias!r} is not a {BACKEND} in CACHES; those are: {known}")
-    return caches[alias]  # type: ignore[return-value]
+        raise ValueError(
+            f"{alias!r} is not a cache with CLIENT_CLASS {CLIENT} in CACHES; those are: {known}"
+        )
+    found: MasterReplicaClient = caches[alias].client  # type: ignore[attr-defined]
+    return found
 
 
 def nodes(aliases: Iterable[str] = ()) -> list[str]:
-    """The aliases given, checked to be MasterReplicaCaches; all of them when none is given.
+    """The aliases given, checked to use a MasterReplicaClient; all such when none is given.
 
-    :raises ValueError: one of them is not in ``CACHES`` or is not a MasterReplicaCache.
+    :raises ValueError: one of them is not in ``CACHES`` or does not use one.
     """
     aliases = list(aliases) or node_aliases()
     for alias in aliases:
-        node(alias)
+        client(alias)
     return aliases
 
 
@@ -55,42 +59,47 @@ class ReplayResult:
 
 
 def replay_journal(alias: str) -> ReplayResult:
-    """Replay the journal of the MasterReplicaCache ``alias`` on its master now, in order.
+    """Replay the journal of the master/replica cache ``alias`` on its master now, in order.
 
     Stops at the first write the master fails to take; ``left`` counts what is kept for
     later. Raises nothing for a Redis failure.
     """
-    cache = node(alias)
-    before = len(cache.journal)
-    cache._replay()
-    left = len(cache.journal)
-    return ReplayResult(alias, max(before - left, 0), left, cache.journal.location)
-
-
-def _info(alias: str) -> dict[str, Any]:
+    node = client(alias).node
+    before = len(node.journal)
     try:
-        return dict(get_client(alias).info("replication"))
+        left = node.replay()
+    except UNREACHABLE:
+        left = len(node.journal)
+    return ReplayResult(alias, max(before - left, 0), left, node.journal.location)
+
+
+def _info(server: Any) -> dict[str, Any]:
+    try:
+        return dict(server.info("replication"))
     except REDIS_ERRORS as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def _server(alias: str) -> dict[str, Any]:
-    return {"alias": alias, "location": settings.CACHES[alias].get("LOCATION")}
+def _where(server: Any) -> str:
+    kwargs = server.connection_pool.connection_kwargs
+    if "host" in kwargs:
+        return f"redis://{kwargs['host']}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+    return str(getattr(server.connection_pool, "service_name", kwargs.get("path", "?")))
 
 
 def cache_status(alias: str) -> dict[str, Any]:
-    """The state of the MasterReplicaCache ``alias``, as its servers report it.
+    """The state of the master/replica cache ``alias``, as its servers report it.
 
     ``master``: whether it is up, its replication offset and the replicas it feeds (address,
     state, offset, ``lag`` in bytes behind the master); ``replica``: this node's replica,
     its link to the master (``"up"``/``"down"``) and its lag; ``journal``: the writes
     waiting for the master. A server that does not answer has ``up`` False and ``error``.
     """
-    cache = node(alias)
-    info = _info(cache.master_alias)
+    node = client(alias).node
+    info = _info(node.master)
     offset = info.get("master_repl_offset")
     master: dict[str, Any] = {
-        **_server(cache.master_alias),
+        "location": _where(node.master),
         "up": "error" not in info,
         "role": info.get("role"),
         "offset": offset,
@@ -108,10 +117,10 @@ def cache_status(alias: str) -> dict[str, Any]:
                     "lag": None if offset is None else int(offset) - replica_offset,
                 }
             )
-    rinfo = _info(cache.replica_alias)
+    rinfo = _info(node.replica)
     roffset = rinfo.get("slave_repl_offset", rinfo.get("master_repl_offset"))
     replica = {
-        **_server(cache.replica_alias),
+        "location": _where(node.replica),
         "up": "error" not in rinfo,
         "role": rinfo.get("role"),
         "link": rinfo.get("master_link_status"),
@@ -123,5 +132,5 @@ def cache_status(alias: str) -> dict[str, Any]:
         "alias": alias,
         "master": master,
         "replica": replica,
-        "journal": {"entries": len(cache.journal), "location": cache.journal.location},
+        "journal": {"entries": len(node.journal), "location": node.journal.location},
     }

@@ -18,10 +18,7 @@ from distinct_counter.counting.values import BYTEWISE_COLLATIONS, EXACT_TYPES, s
 from distinct_counter.indexes.planner import has_index
 
 #: Caches the counters can use: django-redis's, and anything built on it.
-REDIS_BACKENDS = (
-    "django_redis.cache.RedisCache",
-    "distinct_counter.cache.backend.MasterReplicaCache",
-)
+REDIS_BACKENDS = ("django_redis.cache.RedisCache",)
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

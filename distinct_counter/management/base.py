@@ -10,14 +10,14 @@ from distinct_counter.cache.status import nodes
 
 
 class NodesCommand(BaseCommand):
-    """A command over the MasterReplicaCaches named on its command line (all by default)."""
+    """A command over the master/replica caches named on its command line (all by default)."""
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "aliases",
             nargs="*",
             metavar="alias",
-            help="CACHES aliases of MasterReplicaCache caches; all of them when none is named.",
+            help="CACHES aliases of master/replica caches; all of them when none is named.",
         )
 
     def nodes(self, options: dict[str, Any]) -> list[str]:

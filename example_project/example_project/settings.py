@@ -12,7 +12,7 @@ the full topology:
 ``REDIS_MASTER_URL``
     the Redis master;
 ``REDIS_REPLICA_URL``
-    this node's Redis replica: the cache becomes ``MasterReplicaCache`` (reads here, writes
+    this node's Redis replica: the cache gets the ``MasterReplicaClient`` (reads here, writes
     to the master) and counters follow it.
 """
 
@@ -83,19 +83,11 @@ def _redis(url: str) -> dict[str, Any]:
 
 _master = redis_master_url(DATA_DIR)
 if os.environ.get("REDIS_REPLICA_URL"):
-    CACHES = {
-        "master": _redis(_master),
-        "replica": _redis(os.environ["REDIS_REPLICA_URL"]),
-        "local": {
-            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-            "LOCATION": "example-local",
-            "OPTIONS": {"MAX_ENTRIES": 10_000},
-        },
-        "default": {
-            "BACKEND": "distinct_counter.cache.backend.MasterReplicaCache",
-            "OPTIONS": {"MASTER": "master", "REPLICA": "replica", "LOCAL": "local"},
-        },
-    }
+    _node = _redis(_master)
+    _node["LOCATION"] = [_master, os.environ["REDIS_REPLICA_URL"]]
+    _node["OPTIONS"]["CLIENT_CLASS"] = "distinct_counter.cache.client.MasterReplicaClient"
+    # The counters' writes through a plain client of the master: its own circuit breaker.
+    CACHES = {"default": _node, "master": _redis(_master)}
     DISTINCT_COUNTER["WRITE_CACHE"] = "master"
 else:
     CACHES = {"default": _redis(_master)}

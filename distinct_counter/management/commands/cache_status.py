@@ -15,7 +15,7 @@ def _lag(value: int | None) -> str:
 
 class Command(NodesCommand):
     help = (
-        "Show each MasterReplicaCache (all, or those named): its master, the master's "
+        "Show each master/replica cache (all, or those named): its master, the master's "
         "replicas and their replication lag, this node's replica and its link, the journal."
     )
 
@@ -38,13 +38,11 @@ class Command(NodesCommand):
         lines = [f"{status['alias']}:"]
         if master["up"]:
             lines.append(
-                f"  master {master['alias']} ({master['location']}): up, "
+                f"  master {master['location']}: up, "
                 f"offset {master['offset']}, {len(master['replicas'])} replicas"
             )
         else:
-            lines.append(
-                f"  master {master['alias']} ({master['location']}): DOWN, {master['error']}"
-            )
+            lines.append(f"  master {master['location']}: DOWN, {master['error']}")
         for fed in master["replicas"]:
             lines.append(
                 f"    replica {fed['address']}: {fed['state']}, offset "
@@ -52,14 +50,11 @@ class Command(NodesCommand):
             )
         if replica["up"]:
             lines.append(
-                f"  node replica {replica['alias']} ({replica['location']}): up, "
+                f"  node replica {replica['location']}: up, "
                 f"link {replica['link']}, offset {replica['offset']}, "
                 f"{_lag(replica['lag'])}"
             )
         else:
-            lines.append(
-                f"  node replica {replica['alias']} ({replica['location']}): DOWN, "
-                f"{replica['error']}"
-            )
+            lines.append(f"  node replica {replica['location']}: DOWN, {replica['error']}")
         lines.append(f"  journal: {journal['entries']} writes waiting ({journal['location']})")
         return "\n".join(lines)

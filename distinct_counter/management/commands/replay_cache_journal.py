@@ -10,7 +10,7 @@ from distinct_counter.management.base import NodesCommand
 
 class Command(NodesCommand):
     help = (
-        "Replay, in order, the writes a MasterReplicaCache journaled while its master was "
+        "Replay, in order, the writes a master/replica cache journaled while its master was "
         "down (all such caches, or those named); exit 1 if any are left."
     )
 
