@@ -47,6 +47,7 @@ from distinct_counter.testing.reaper import (
 __all__ = [
     "PostgresServer",
     "RedisServer",
+    "ServerProcess",
     "Topology",
     "exit_on_sigterm",
     "find_binary",
@@ -248,8 +249,55 @@ class PostgresServer:
         ).stdout.strip()
 
 
+class ServerProcess:
+    """A server run as a child process in a session of its own, started in its ``workdir``.
+
+    The reaper knows it by its pid and working directory (a pid reused since is left alone),
+    so a server must be started in, and stay in, its own directory. Shared by ``RedisServer``
+    and ``distinct_counter.testing.sentinel.SentinelServer``.
+    """
+
+    workdir: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None
+
+    def _spawn(self, args: list[str], timeout: float) -> None:
+        """Start ``args``, register it with the reaper, wait until it listens on ``port``."""
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.workdir,
+        )
+        stop_at_exit(self.proc.pid, self.workdir)
+        _wait_for_port(self.port, timeout, self.proc)
+
+    def stop(self) -> None:
+        """Stop gracefully: the process exits and the port closes."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Kill the process at once, as a crash would."""
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
 @dataclass
-class RedisServer:
+class RedisServer(ServerProcess):
     """One ``redis-server``: a master, or a replica of one (``replicaof``)."""
 
     workdir: Path
@@ -291,39 +339,8 @@ class RedisServer:
                 "--repl-diskless-load",
                 "on-empty-db",
             ]
-        # Started in its directory: the reaper knows it by its working directory.
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=self.workdir,
-        )
-        stop_at_exit(self.proc.pid, self.workdir)
-        _wait_for_port(self.port, timeout, self.proc)
+        self._spawn(args, timeout)
         return self
-
-    def stop(self) -> None:
-        """Stop gracefully: the process exits and the port closes."""
-        self._signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """Kill the process at once, as a crash would."""
-        self._signal(signal.SIGKILL)
-
-    def _signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    def is_running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 @dataclass
