@@ -356,6 +356,24 @@ def test_the_command_replays_a_journal_from_another_process(
     assert caches["node1"].get("k") is None  # the other process replayed: no longer masked
 
 
+def test_a_journal_left_by_another_process_masks_its_keys(topology: Any, nodes: None) -> None:
+    """The journal file, not process memory, says which keys read as missing: a process
+    started after another journaled (or beside it) reads them as missing too."""
+    caches["node1"].set_many({"k": "old", "other": "old"})
+    replicated()
+    with master_down(topology) as restart:
+        caches["node1"].delete("k")
+        cache_client.reset()  # a new process: nothing in memory but the file
+        fresh = caches.create_connection("node1")
+        assert fresh.get("k") is None and fresh.get("other") == "old"
+        assert caches["replica1"].get("k") == "old"
+        restart()
+        time.sleep(RETRY)
+        assert fresh.get("k") is None  # its first read replays the journal
+        assert len(fresh.client.node.journal) == 0
+    assert everywhere("k") == ["<missing>"] * 3
+
+
 def test_replica_killed_its_node_reads_from_the_master(topology: Any, nodes: None) -> None:
     node1 = caches["node1"]
     raw("default").set(node1.make_key("k"), node1.client.encode("v"))

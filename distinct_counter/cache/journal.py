@@ -86,11 +86,32 @@ class FileJournal:
         except FileNotFoundError:
             return 0
 
-    def __bool__(self) -> bool:  # Cheap: every write asks whether a replay is due.
+    def __bool__(self) -> bool:
+        return self.signature() is not None
+
+    def signature(self) -> tuple[int, int] | None:
+        """The file's size and change time, None when it holds nothing: one ``stat`` that
+        every command asks, to know whether a replay is due or which keys read as missing."""
         try:
-            return self.path.stat().st_size > 0
+            st = os.stat(self.path)
         except FileNotFoundError:
-            return False
+            return None
+        return (st.st_size, st.st_mtime_ns) if st.st_size else None
+
+    def read_from(self, offset: int, tail: bytes) -> tuple[list[Entry], int, bytes, bool]:
+        """The entries appended since a read that ended at byte ``offset`` with the line
+        ``tail``: ``(entries, offset, tail, whole)``. When the file no longer holds ``tail``
+        there (a replay rewrote it), every entry is read again, and ``whole`` is True."""
+        with self._locked() as fh:
+            fh.seek(offset - len(tail))
+            whole = fh.read(len(tail)) != tail
+            if whole:
+                fh.seek(0)
+            data = fh.read()
+        start = 0 if whole else offset
+        lines = data.splitlines(keepends=True)
+        entries = [pickle.loads(base64.b64decode(line)) for line in lines if line.strip()]
+        return entries, start + len(data), (lines[-1] if lines else tail), whole
 
     @contextlib.contextmanager
     def taken(self) -> Iterator[list[Entry]]:

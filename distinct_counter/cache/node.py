@@ -76,10 +76,17 @@ class Node:
         self.recent: dict[bytes, float] = {}
         #: Until when every read goes to the master (after a FLUSHDB, or too many keys).
         self.all_until = 0.0
-        #: Keys with a journaled write not yet replayed: they read as missing.
+        #: Until when a read of a listing goes to the master: the last write's deadline.
+        self.latest = 0.0
+        #: Keys with a journaled write not yet replayed (by any process of the node): they
+        #: read as missing. Read from the journal whenever its file changed.
         self.absent: set[bytes] = set()
         #: A journaled FLUSHDB/FLUSHALL not yet replayed: every key reads as missing.
         self.flushed = False
+        self._seen: tuple[int, int] | None = None
+        # How much of the journal file ``absent`` and ``flushed`` cover, and its last line.
+        self._offset = 0
+        self._tail = b""
         self.lock = threading.Lock()
 
     # -- reads ----------------------------------------------------------------------------
@@ -91,7 +98,7 @@ class Node:
         within the window (or when ``prefer_master``), else on the replica; on the other one
         when that one fails."""
         positions = cmd.key_positions(name, args)
-        masked = (self.absent or self.flushed) and self._masking()
+        masked = self._masking()
         if masked:
             args = self._masked(args, positions)
         to_master = prefer_master or self._wants_master(name, args, positions)
@@ -110,7 +117,7 @@ class Node:
         if not recent:
             return False
         if name in cmd.LISTINGS:
-            return any(deadline > now for deadline in recent.values())
+            return self.latest > now
         for i in positions:
             deadline = recent.get(cmd.normalize(args[i]))
             if deadline is not None and deadline > now:
@@ -120,7 +127,7 @@ class Node:
     def read_pipeline(self, stack: list[tuple[Sequence[Any], dict[str, Any]]], run: Run) -> Any:
         """Run a pipeline of reads where :meth:`read` would run its commands: on the master
         when any of them asks for it. ``run(client, stack)`` executes it on a client."""
-        masked = (self.absent or self.flushed) and self._masking()
+        masked = self._masking()
         to_master = False
         routed = []
         for args, options in stack:
@@ -151,16 +158,37 @@ class Node:
         return reply
 
     def _masking(self) -> bool:
-        """Whether journaled keys still read as missing: until a replay empties the journal
-        (this process's, or another's through the shared file)."""
-        if self.master_breaker.allow() and self.journal:
+        """Whether some keys read as missing: those the journal names (any process's
+        entries), until a replay empties it; a replay is tried first when the master may
+        be back."""
+        if self._refresh() and self.master_breaker.allow():
             self.replay()
-        if not self.journal:
+            return self._refresh()
+        return bool(self.absent or self.flushed)
+
+    def _refresh(self) -> bool:
+        signature = self.journal.signature()
+        if signature != self._seen:
             with self.lock:
-                self.absent = set()
-                self.flushed = False
-            return False
-        return True
+                if signature is None:  # replayed
+                    self.absent, self.flushed, self._offset, self._tail = set(), False, 0, b""
+                else:
+                    self._read_journal()
+                self._seen = signature
+        return bool(self.absent or self.flushed)
+
+    def _read_journal(self) -> None:
+        """Add what was journaled since the last look (re-read all after a replay)."""
+        entries, self._offset, self._tail, whole = self.journal.read_from(self._offset, self._tail)
+        absent = set() if whole else set(self.absent)
+        flushed = False if whole else self.flushed
+        for entry in entries:
+            if entry[0] in cmd.FLUSHES:
+                flushed = True
+            else:
+                keys = entry[1:2] if entry[0] == "ADD" else entry[1:]
+                absent.update(cmd.normalize(k) for k in keys)
+        self.absent, self.flushed = absent, flushed
 
     def _masked(self, args: Sequence[Any], positions: Any) -> list[Any]:
         masked = list(args)
@@ -230,6 +258,7 @@ class Node:
         if name in cmd.READS:
             return
         deadline = time.monotonic() + self.window
+        self.latest = deadline
         if name in cmd.FLUSHES:
             self.all_until = deadline
             self.recent = {}
@@ -241,11 +270,13 @@ class Node:
             self._forget()
 
     def _forget(self) -> None:
+        """Drop the expired names. Every read goes to the master for the window meanwhile:
+        a name another thread remembered during the swap is not lost to a stale read."""
         with self.lock:
             now = time.monotonic()
+            self.all_until = now + self.window
             kept = {k: d for k, d in self.recent.items() if d > now}
             if len(kept) > MAX_REMEMBERED // 2:
-                self.all_until = max(kept.values())
                 kept = {}
             self.recent = kept
 
@@ -263,11 +294,6 @@ class Node:
         keys = cmd.keys_of(name, args)
         answer = self._answer(name, keys)
         self.journal.extend(self._entries(name, args, keys))
-        with self.lock:
-            if name in cmd.FLUSHES:
-                self.flushed = True
-            else:
-                self.absent = self.absent | {cmd.normalize(k) for k in keys}
         return answer
 
     def _answer(self, name: str, keys: list[Any]) -> Any:
@@ -304,9 +330,4 @@ class Node:
                     break
                 self.master_breaker.success()
                 entries.pop(0)
-            left = len(entries)
-        if not left:
-            with self.lock:
-                self.absent = set()
-                self.flushed = False
-        return left
+            return len(entries)
