@@ -303,6 +303,9 @@ class RedisServer(ServerProcess):
     workdir: Path
     port: int = field(default_factory=free_port)
     master: RedisServer | None = None
+    #: The port a replica reaches its master on, when not the master's own: a
+    #: ``distinct_counter.testing.lag.LagProxy``'s, for a replica that lags.
+    master_port: int | None = None
     binary: Path = field(default_factory=lambda: find_binary("redis-server"))
     proc: subprocess.Popen[bytes] | None = None
 
@@ -335,7 +338,7 @@ class RedisServer(ServerProcess):
             args += [
                 "--replicaof",
                 "127.0.0.1",
-                str(self.master.port),
+                str(self.master_port or self.master.port),
                 "--repl-diskless-load",
                 "on-empty-db",
             ]
