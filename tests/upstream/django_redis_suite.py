@@ -122,6 +122,7 @@ def jobs(
             {
                 "DC_UPSTREAM_VARIANT": variant,
                 "DC_UPSTREAM_UNPARAMETRIZED": "1" if i == 0 else "0",
+                "DC_UPSTREAM_RESTORE_CACHES": "1",
             },
         )
         for i, variant in enumerate(found)

@@ -17,16 +17,31 @@ Environment:
     keep only the tests whose ``cache_settings`` parameter is this variant, and (when
     ``DC_UPSTREAM_UNPARAMETRIZED`` is ``1``) the tests without that parameter: a Django
     settings module is loaded once per process, so each variant needs a pytest of its own.
+``DC_UPSTREAM_RESTORE_CACHES``
+    ``1``: after each test, put ``settings.CACHES`` back as the settings module defines it,
+    if the test changed it in place. django-redis's ``test_client.py`` does: it clears a
+    client's ``_options`` (the very ``OPTIONS`` dict of ``settings.CACHES``), and the next
+    ``override_settings(CACHES=...)`` rebuilds every cache from what is left. Every later
+    test of the process would run on a ``DefaultClient`` without the variant's serializer
+    and compressor: not what it says it tests, and for the client under test, not that
+    client at all (a ``DefaultClient`` that reads a lagging replica).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import runpy
+import sys
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 _RANK = {"passed": 0, "skipped": 1, "xfailed": 2, "failed": 3}
 _outcomes: dict[str, str] = {}
+_pristine: dict[str, Any] = {}
 
 
 def _record(key: str, outcome: str) -> None:
@@ -72,6 +87,30 @@ def pytest_runtest_logreport(report: Any) -> None:
             _record(report.nodeid, "failed")
         return
     _record(report.nodeid, outcome)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: Any) -> Iterator[None]:
+    yield
+    if os.environ.get("DC_UPSTREAM_RESTORE_CACHES") == "1":
+        _restore_caches()
+
+
+def _restore_caches() -> None:
+    from django.conf import Settings, settings
+    from django.test.signals import setting_changed
+
+    # Only the settings module's own values: an override_settings still active is left alone.
+    if not settings.configured or not isinstance(settings._wrapped, Settings):
+        return
+    if "CACHES" not in _pristine:
+        module = sys.modules[settings.SETTINGS_MODULE]  # run anew from its file: fresh values
+        _pristine["CACHES"] = runpy.run_path(str(module.__file__))["CACHES"]
+    current = settings.CACHES
+    if current != _pristine["CACHES"]:
+        current.clear()
+        current.update(copy.deepcopy(_pristine["CACHES"]))
+        setting_changed.send(sender=Settings, setting="CACHES", value=current, enter=False)
 
 
 def pytest_sessionfinish(session: Any) -> None:
