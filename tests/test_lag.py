@@ -68,11 +68,12 @@ def test_a_write_reaches_the_lagging_replica_after_the_delay(
     assert proxy.is_running()
 
 
+@pytest.mark.parametrize("how", ["stop", "kill"])
 def test_the_proxy_stops_with_its_connections(
-    servers: tuple[RedisServer, RedisServer, LagProxy],
+    servers: tuple[RedisServer, RedisServer, LagProxy], how: str
 ) -> None:
     master, replica, proxy = servers
-    proxy.stop()
+    getattr(proxy, how)()
     assert not proxy.is_running()
     r = redis.Redis(port=replica.port, socket_timeout=5)
     try:

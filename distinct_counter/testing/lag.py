@@ -40,7 +40,7 @@ from pathlib import Path
 import redis
 
 from distinct_counter.testing.reaper import stop_at_exit
-from distinct_counter.testing.servers import RedisServer
+from distinct_counter.testing.servers import RedisServer, ServerProcess
 
 __all__ = ["DEFAULT_DELAY", "LagProxy", "lagging_replica", "wait_in_sync"]
 
@@ -52,8 +52,11 @@ _CHUNK = 65536
 
 
 @dataclass
-class LagProxy:
-    """A process forwarding TCP connections on ``port`` to ``target_port``, ``delay`` late."""
+class LagProxy(ServerProcess):
+    """A process forwarding TCP connections on ``port`` to ``target_port``, ``delay`` late.
+
+    ``stop()`` ends it and every connection through it; ``kill()`` too, as a crash would.
+    """
 
     workdir: Path
     target_port: int
@@ -103,20 +106,6 @@ class LagProxy:
             log.close()
         stop_at_exit(self.proc.pid, self.workdir)
         return self
-
-    def stop(self) -> None:
-        """Stop the proxy: every connection through it closes."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    def is_running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 def wait_in_sync(replica: RedisServer, timeout: float = 30) -> None:
