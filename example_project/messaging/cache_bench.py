@@ -269,18 +269,45 @@ def get_calls(client: Any) -> int:
     return int(stats.get("calls", 0))
 
 
+#: The operations timed together: each with its baseline and a bare round trip to its server
+#: (reads apart from writes, so that no read meets the replication of a write just made).
+GROUPS = (
+    ("node get", "django-redis get", "PING replica"),
+    ("node set", "django-redis set", "PING master"),
+)
+
+
+def interleaved(ops: Ops, names: tuple[str, ...], count: int) -> dict[str, float]:
+    """Seconds per operation of each of ``names``, run one after the other ``count`` times
+    (``a b c a b c ...``): any change in the machine's speed reaches them alike."""
+    clock = time.perf_counter_ns
+    keys = len(ops.read_keys)
+    functions = [(name, ops.ops[name]) for name in names]
+    totals = dict.fromkeys(names, 0)
+    for i in range(count):
+        key = i % keys
+        for name, function in functions:
+            started = clock()
+            function(key)
+            totals[name] += clock() - started
+    return {name: total / count / 1e9 for name, total in totals.items()}
+
+
 def measure_ops(ops: Ops, *, rounds: int, count: int) -> dict[str, list[float]]:
-    """Seconds per operation of each of ``ops``, one figure per round; in each round every
-    operation runs ``count`` times, in an order rotated and reversed from round to round."""
-    names = list(ops.ops)
-    for name in names:  # warm up connections and code paths
+    """Seconds per operation of each of ``ops``, one figure per round. A round runs each
+    group's operations interleaved, ``count`` times each; their order is rotated and
+    reversed from round to round, so that no operation always follows the same one."""
+    for name in ops.ops:  # warm up connections and code paths
         ops.run(name, min(count, 200))
     ops.check()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[str, list[float]] = {name: [] for name in ops.ops}
     for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order if r % 2 == 0 else order[::-1]:
-            times[name].append(ops.run(name, count))
+        for group in GROUPS:
+            shift = r % len(group)
+            order = group[shift:] + group[:shift]
+            measured = interleaved(ops, order if r % 2 == 0 else order[::-1], count)
+            for name, seconds in measured.items():
+                times[name].append(seconds)
     return times
 
 
