@@ -100,6 +100,14 @@ class MasterReplicaClient(DefaultClient):  # type: ignore[misc]
         client: Redis = factory.connect(url)
         return client
 
+    def get_next_client_index(self, write: bool = True, tried: list[int] | None = None) -> int:
+        """0 (the master) for writes, 1 (the replica) for reads. django-redis's own draws the
+        read server at random among ``LOCATION[1:]`` on every read; here there is one.
+        After a failure (``tried``), django-redis's choice."""
+        if tried:
+            return int(super().get_next_client_index(write, tried))
+        return 0 if write else 1
+
     def add(self, *args: Any, **kwargs: Any) -> bool:
         """django-redis's ``add``; False while the master is down: the value is not stored
         (Django's contract allows it, and ``get_or_set`` then answers its default)."""
@@ -124,6 +132,11 @@ class MasterReplicaClient(DefaultClient):  # type: ignore[misc]
         return client
 
 
+#: Command names as redis-py sends them (``"GET"``, ``"SCRIPT LOAD"``) -> ``name_of``'s:
+#: every command asks, and most are among a few dozen.
+_names: dict[str, str] = {}
+
+
 class _Routed:
     """What a routed redis-py client adds to its class: each command goes through the node,
     as a write (a client of the master) or a read."""
@@ -134,7 +147,11 @@ class _Routed:
     response_callbacks: Any
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        name = cmd.name_of(args)
+        name = _names.get(args[0]) if type(args[0]) is str else None
+        if name is None:
+            name = cmd.name_of(args)
+            if type(args[0]) is str and len(_names) < 1000:
+                _names[args[0]] = name
         if self._write and name not in cmd.READS:
             return self._node.write(name, args, options)
         return self._node.read(name, args, options, prefer_master=self._write)

@@ -53,8 +53,10 @@ class FileJournal:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.location = f"file {str(self.path)!r}"
-        self.lock = _lock(str(self.path))
+        self.name = os.fspath(self.path)
+        self.location = f"file {self.name!r}"
+        self.lock = _lock(self.name)
+        self._fd: int | None = None  # the file, open to read its size (see signature())
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[Any]:
@@ -90,13 +92,32 @@ class FileJournal:
         return self.signature() is not None
 
     def signature(self) -> tuple[int, int] | None:
-        """The file's size and change time, None when it holds nothing: one ``stat`` that
-        every command asks, to know whether a replay is due or which keys read as missing."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
+        """The file's size and change time, None when it holds nothing. Every command asks
+        (is a replay due, which keys read as missing): one ``fstat`` of a descriptor kept
+        open (a ``stat`` of the path costs its lookup on top), opened again when the file
+        was removed since."""
+        fd = self._fd
+        st = os.fstat(fd) if fd is not None else None
+        if st is None or not st.st_nlink:
+            st = self._reopen()
+            if st is None:
+                return None
         return (st.st_size, st.st_mtime_ns) if st.st_size else None
+
+    def _reopen(self) -> os.stat_result | None:
+        with self.lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            flags = os.O_RDONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+            try:
+                self._fd = os.open(self.name, flags, 0o600)
+            except OSError:  # Not ours to create: ask the path (appending will say why).
+                try:
+                    return os.stat(self.name)
+                except FileNotFoundError:
+                    return None
+            return os.fstat(self._fd)
 
     def read_from(self, offset: int, tail: bytes) -> tuple[list[Entry], int, bytes, bool]:
         """The entries appended since a read that ended at byte ``offset`` with the line
