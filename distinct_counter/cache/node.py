@@ -38,6 +38,10 @@ ABSENT = b"\x00distinct_counter:absent"
 #: Runs a pipeline's commands (``(args, options)`` pairs) on a client, returns the replies.
 Run = Callable[[redis.Redis, list[tuple[Sequence[Any], dict[str, Any]]]], Any]
 
+#: Seconds between two looks at the journal file by reads while it is empty: another
+#: process's journaled keys read as missing here within this (this process's at once).
+LOOK = 0.05
+
 #: Keys remembered at most; past it the node reads everything from the master for the
 #: window instead (the memory stays bounded, the reads stay exact).
 MAX_REMEMBERED = 100_000
@@ -87,6 +91,7 @@ class Node:
         # How much of the journal file ``absent`` and ``flushed`` cover, and its last line.
         self._offset = 0
         self._tail = b""
+        self._look_at = 0.0  # when reads look at the journal file again
         self.lock = threading.Lock()
 
     # -- reads ----------------------------------------------------------------------------
@@ -98,12 +103,13 @@ class Node:
         within the window (or when ``prefer_master``), else on the replica; on the other one
         when that one fails."""
         positions = cmd.key_positions(name, args)
-        if not self._masking():
-            if prefer_master or self._wants_master(name, args, positions):
+        now = time.monotonic()
+        if not ((self.absent or self.flushed or now >= self._look_at) and self._masking(now)):
+            if prefer_master or self._wants_master(name, args, positions, now):
                 return self._send(lambda client: execute(client, args, options), True)
             return self._from_replica(args, options)
         args = self._masked(args, positions)
-        to_master = prefer_master or self._wants_master(name, args, positions)
+        to_master = prefer_master or self._wants_master(name, args, positions, now)
         reply = self._send(lambda client: execute(client, args, options), to_master)
         return self._unlisted(name, reply) if name in cmd.LISTINGS else reply
 
@@ -128,10 +134,9 @@ class Node:
             return reply
         return self._send(lambda client: execute(client, args, options), True)
 
-    def _wants_master(self, name: str, args: Sequence[Any], positions: Any) -> bool:
+    def _wants_master(self, name: str, args: Sequence[Any], positions: Any, now: float) -> bool:
         if not self.replica_breaker.allow():
             return True
-        now = time.monotonic()
         if self.all_until > now:
             return True
         recent = self.recent
@@ -148,13 +153,14 @@ class Node:
     def read_pipeline(self, stack: list[tuple[Sequence[Any], dict[str, Any]]], run: Run) -> Any:
         """Run a pipeline of reads where :meth:`read` would run its commands: on the master
         when any of them asks for it. ``run(client, stack)`` executes it on a client."""
-        masked = self._masking()
+        now = time.monotonic()
+        masked = self._masking(now)
         to_master = False
         routed = []
         for args, options in stack:
             name = cmd.name_of(args)
             positions = cmd.key_positions(name, args)
-            to_master = to_master or self._wants_master(name, args, positions)
+            to_master = to_master or self._wants_master(name, args, positions, now)
             routed.append((self._masked(args, positions) if masked else args, options))
         return self._send(lambda client: run(client, routed), to_master)
 
@@ -178,10 +184,11 @@ class Node:
         second_breaker.success()
         return reply
 
-    def _masking(self) -> bool:
+    def _masking(self, now: float) -> bool:
         """Whether some keys read as missing: those the journal names (any process's
         entries), until a replay empties it; a replay is tried first when the master may
-        be back."""
+        be back. While nothing is masked, the file is looked at every ``LOOK`` seconds."""
+        self._look_at = now + LOOK
         if self._refresh() and self.master_breaker.allow():
             self.replay()
             return self._refresh()
@@ -315,6 +322,7 @@ class Node:
         keys = cmd.keys_of(name, args)
         answer = self._answer(name, keys)
         self.journal.extend(self._entries(name, args, keys))
+        self._refresh()
         return answer
 
     def _answer(self, name: str, keys: list[Any]) -> Any:
