@@ -17,7 +17,7 @@ import pickle
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,21 +131,24 @@ class FileJournal:
             data = fh.read()
         start = 0 if whole else offset
         lines = data.splitlines(keepends=True)
-        entries = [pickle.loads(base64.b64decode(line)) for line in lines if line.strip()]
-        return entries, start + len(data), (lines[-1] if lines else tail), whole
+        return _entries(lines), start + len(data), (lines[-1] if lines else tail), whole
 
     @contextlib.contextmanager
     def taken(self) -> Iterator[list[Entry]]:
         """The entries, locked against other replays and appends; the caller removes the
         ones it replayed from the front of the list, and what is left is kept."""
         with self._locked() as fh:
-            entries = [pickle.loads(base64.b64decode(line)) for line in fh if line.strip()]
+            entries = _entries(fh)
             try:
                 yield entries
             finally:
                 fh.seek(0)
                 fh.truncate()
                 fh.writelines(_line(e) for e in entries)
+
+
+def _entries(lines: Iterable[bytes]) -> list[Entry]:
+    return [pickle.loads(base64.b64decode(line)) for line in lines if line.strip()]
 
 
 def _line(entry: Entry) -> bytes:

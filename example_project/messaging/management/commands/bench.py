@@ -584,21 +584,26 @@ class Command(BaseCommand):
             f"Redis {m['redis']}; load average {m['loadavg_before'][0]} before, "
             f"{m['loadavg'][0]} after; counts exact: {results['exact']}\n"
         )
-        header = (
-            f"{'figure':<46} {'measured':>12} {'baseline':>12} {'ratio':>10} {'target':>10}  result"
+        write_figures(self, figures)
+
+
+def write_figures(command: BaseCommand, figures: list[Figure]) -> None:
+    """The figures as a table on ``command``'s stdout: a pass in green, a FAIL in red."""
+    header = (
+        f"{'figure':<46} {'measured':>12} {'baseline':>12} {'ratio':>10} {'target':>10}  result"
+    )
+    command.stdout.write(header)
+    command.stdout.write("-" * len(header))
+    for f in figures:
+        result = {True: "pass", False: "FAIL", None: "info"}[f.passed]
+        line = (
+            f"{f.name:<46} {_fmt(f.measured, f.unit):>12} {_fmt(f.baseline, f.unit):>12} "
+            f"{f.ratio:>9.{_digits(f.ratio)}f}x {f.target_text():>10}  {result}"
         )
-        self.stdout.write(header)
-        self.stdout.write("-" * len(header))
-        for f in figures:
-            result = {True: "pass", False: "FAIL", None: "info"}[f.passed]
-            line = (
-                f"{f.name:<46} {_fmt(f.measured, f.unit):>12} {_fmt(f.baseline, f.unit):>12} "
-                f"{f.ratio:>9.{_digits(f.ratio)}f}x {f.target_text():>10}  {result}"
-            )
-            if f.passed is None:
-                self.stdout.write(line)
-            else:
-                self.stdout.write((self.style.SUCCESS if f.passed else self.style.ERROR)(line))
+        if f.passed is None:
+            command.stdout.write(line)
+        else:
+            command.stdout.write((command.style.SUCCESS if f.passed else command.style.ERROR)(line))
 
 
 def _digits(ratio: float) -> int:

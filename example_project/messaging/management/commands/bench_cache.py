@@ -36,7 +36,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from distinct_counter.testing.servers import exit_on_sigterm
 from messaging import cache_bench as cb
-from messaging.management.commands.bench import Figure
+from messaging.management.commands.bench import Figure, write_figures
 
 #: The targets of the issue: the client's read and write within 1.1x plain django-redis.
 TARGET = 1.1
@@ -247,20 +247,7 @@ class Command(BaseCommand):
             f"Redis {m['redis_server']}; load average {m['loadavg_before'][0]} before, "
             f"{m['loadavg'][0]} after\n"
         )
-        header = (
-            f"{'figure':<42} {'measured':>10} {'baseline':>10} {'ratio':>7} {'target':>8}  result"
-        )
-        self.stdout.write(header)
-        self.stdout.write("-" * len(header))
-        for f in figures:
-            result = {True: "pass", False: "FAIL", None: "info"}[f.passed]
-            line = (
-                f"{f.name:<42} {_us(f.measured):>10} {_us(f.baseline):>10} "
-                f"{f.ratio:>6.3f}x {f.target_text():>8}  {result}"
-            )
-            if f.passed is not None:
-                line = (self.style.SUCCESS if f.passed else self.style.ERROR)(line)
-            self.stdout.write(line)
+        write_figures(self, figures)
         header = (
             f"\n{'delete on node 2 -> miss on node 1':<42} {'p50':>10} {'p99':>10} "
             f"{'mean':>10} {'max':>10} {'trials':>7} {'timeouts':>8} {'stale':>6}"
