@@ -26,11 +26,13 @@ class DistinctCounterConfig(AppConfig):
 
 
 def _setting_changed(setting: str, **kwargs: Any) -> None:
-    """Forget what was derived from settings: Redis clients, breakers, replica health."""
-    from distinct_counter import connection
+    """Forget what was derived from settings: parsed options, Redis clients, breakers,
+    replica health."""
+    from distinct_counter import conf, connection
     from distinct_counter.counting import registry
     from distinct_counter.routing import health
 
+    conf.forget_parsed()
     if setting in ("DISTINCT_COUNTER", "CACHES"):
         connection.reset()
     if setting in ("DISTINCT_COUNTER", "DATABASES"):

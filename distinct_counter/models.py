@@ -7,9 +7,17 @@ from typing import Any, ClassVar
 
 from django.db import models, router, transaction
 
-from distinct_counter.counting.handlers import computed, inserts_fresh
+from distinct_counter.counting.handlers import (
+    IN_UPDATE,
+    computed,
+    inserts_fresh,
+    old_values,
+    reads_in_update,
+    set_old_values,
+)
 from distinct_counter.counting.queryset import CountedManager
 from distinct_counter.counting.registry import touched
+from distinct_counter.counting.rows import lock_absent, locked_row, update_returning_old
 from distinct_counter.counting.state import CounterState
 
 __all__ = ["CountedModel", "CounterState"]
@@ -35,15 +43,58 @@ class CountedModel(models.Model):
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         """Save in a transaction when the counters need one: an update may change a counted
-        value (the old one is read, locked, before it), or the database computes one (it is
-        read back after)."""
+        value (the old one is read, locked, before it, unless the UPDATE itself returns it),
+        or the database computes one (it is read back after)."""
         update_fields = kwargs.get("update_fields", args[3] if len(args) > 3 else None)
-        counters = touched(type(self), update_fields)
+        model = type(self)
+        counters = touched(model, update_fields)
         updates = self.pk is not None and not inserts_fresh(self)
         if not counters or not (updates or any(computed(self, c) for c in counters)):
             return super().save(*args, **kwargs)
         using = kwargs.get("using", args[2] if len(args) > 2 else None)
-        using = using or router.db_for_write(type(self), instance=self)
+        using = using or router.db_for_write(model, instance=self)
+        if updates and reads_in_update(model, self, using, counters):
+            return super().save(*args, **kwargs)  # one statement: no transaction needed
         # The lock taken by the pre_save handler must last until the UPDATE or INSERT.
         with transaction.atomic(using=using, savepoint=False):
             return super().save(*args, **kwargs)
+
+    def _do_update(  # type: ignore[override]
+        self,
+        base_qs: Any,
+        using: str,
+        pk_val: Any,
+        values: Any,
+        update_fields: Any,
+        forced_update: Any,
+        *rest: Any,
+    ) -> Any:
+        """Django's UPDATE of a save, made to return the old counted values when the
+        pre_save handler left them to it (:data:`IN_UPDATE`). ``rest`` is Django 6's
+        ``returning_fields``; then the result is a list of rows, not a bool."""
+        stash = old_values(self)
+        args = (base_qs, using, pk_val, values, update_fields, forced_update, *rest)
+        if stash is None or stash[1] is not IN_UPDATE:
+            return super()._do_update(*args)
+        counters = stash[0]
+        if rest and rest[0] or not values or (self._meta.select_on_save and not forced_update):
+            # Not the one-statement form: read the old values first, as any other save.
+            with transaction.atomic(using=using, savepoint=False):
+                set_old_values(self, counters, locked_row(type(self), using, pk_val, counters))
+                return super()._do_update(*args)
+        old = update_returning_old(base_qs, pk_val, values, counters)
+        set_old_values(self, counters, old)
+        if old is None:  # no such row: Django inserts one (see _do_insert)
+            return [] if rest else False
+        return [()] if rest else True
+
+    def _do_insert(self, manager: Any, using: str, fields: Any, *args: Any) -> Any:
+        """Django's INSERT of a save; after an UPDATE that found no row, with the row's
+        absence locked first, as every insert of an explicit pk takes it
+        (``rows.lock_absent``)."""
+        stash = old_values(self)
+        if stash is None or stash[1] is not None or self._state.adding:
+            return super()._do_insert(manager, using, fields, *args)  # type: ignore[misc]
+        with transaction.atomic(using=using, savepoint=False):
+            lock_absent(type(self), using, [self.pk])
+            return super()._do_insert(manager, using, fields, *args)  # type: ignore[misc]

@@ -72,12 +72,19 @@ def _on_commit(using: str, deltas: Deltas, marks: Marks) -> None:
     if not conn.in_atomic_block:
         _send(deltas, marks)
         return
-    part = _Part(deltas, marks)
     hooks: list[Any] = conn.run_on_commit  # Django's (savepoint ids, func, robust) entries
     at = next((i for i, hook in enumerate(hooks) if isinstance(hook[1], _Batch)), None)
     if at is None:
         at = 0
         hooks.insert(0, (set(), _Batch(), False))
+    elif at and isinstance(hooks[at - 1][1], _Part) and hooks[at - 1][0] == set(conn.savepoint_ids):
+        # The previous write's part, under the same savepoints (so dropped with exactly the
+        # same rollbacks): one part per savepoint, not per write, however many writes.
+        last: _Part = hooks[at - 1][1]
+        _deltas.merge(last.deltas, deltas)
+        last.marks.update(marks)
+        return
+    part = _Part(deltas, marks)
     transaction.on_commit(part, using=using)  # tagged with the open savepoints
     hooks.insert(at, hooks.pop())
     part.batch = hooks[at + 1][1]

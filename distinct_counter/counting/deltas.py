@@ -12,7 +12,7 @@ from distinct_counter.connection import REDIS_ERRORS, breaker, get_client
 from distinct_counter.counting import stale
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.registry import Counter
-from distinct_counter.counting.scripts import APPLY, execute, run_script
+from distinct_counter.counting.scripts import APPLY, run_script
 from distinct_counter.exceptions import CounterUnavailable
 
 #: counter -> normalized value -> change in the number of rows holding it.
@@ -47,7 +47,7 @@ def between(
 
 
 def send(deltas: Deltas) -> None:
-    """Send the deltas of one committed transaction to Redis in one round trip.
+    """Send the deltas of one committed transaction to Redis in one command (one round trip).
 
     Never raises for a Redis failure unless ``ON_ERROR`` is ``"raise"``: the counters that
     missed the write are marked stale (in Redis when it is back, and durably in the database).
@@ -60,20 +60,15 @@ def send(deltas: Deltas) -> None:
     gate = breaker(alias)
     error: BaseException | None = None
     if gate.allow():
+        keys: list[str] = []
+        args: list[Any] = []
+        for counter, values in deltas.items():
+            keys += counter.apply_keys()
+            args.append(len(values))
+            for value, delta in values.items():
+                args += (value, delta)
         try:
-            pipe = get_client(alias).pipeline(transaction=False)
-            for counter, values in deltas.items():
-                args: list[Any] = []
-                for value, delta in values.items():
-                    args += [value, delta]
-                keys = [
-                    counter.key("values"),
-                    counter.key("meta"),
-                    counter.key("journal_on"),
-                    counter.key("journal"),
-                ]
-                run_script(pipe, APPLY, keys, args)
-            execute(pipe)
+            run_script(get_client(alias), APPLY, keys, args)
         except REDIS_ERRORS as exc:
             gate.failure(exc)
             error = exc

@@ -9,14 +9,16 @@ assigned to a field, a generated column, a database default) are read back from 
 from __future__ import annotations
 
 import contextvars
+import functools
 from typing import Any
 
-from django.db import models
+from django.db import connections, models
 from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 
 from distinct_counter.counting import collector, deltas
 from distinct_counter.counting.commit import record
 from distinct_counter.counting.registry import (
+    MARKER,
     Counter,
     counters_of,
     lineage,
@@ -24,6 +26,9 @@ from distinct_counter.counting.registry import (
     written_counters,
 )
 from distinct_counter.counting.rows import canonical_pk, locked_row
+
+#: The old values of a save, still to be read: by the UPDATE itself (``RETURNING``).
+IN_UPDATE = object()
 
 _OLD = "_distinct_counter_old"
 #: The rows a running delete collector has sent ``pre_delete`` for, on the collector.
@@ -54,6 +59,38 @@ def computed(instance: models.Model, counter: Counter) -> bool:
     return hasattr(instance.__dict__[counter.attname], "resolve_expression")
 
 
+@functools.cache
+def _one_table(model: type[models.Model]) -> bool:
+    """Whether every counter a save of ``model`` writes is a plain column of the one table
+    a save of it updates: a counted model with no multi-table parent or counted descendant,
+    no ``select_on_save``, a single-column pk."""
+    concrete = model._meta.concrete_model or model
+    counters = counters_of(concrete)
+    meta = concrete._meta
+    return (
+        getattr(model, MARKER, False)
+        and not meta.parents
+        and not meta.select_on_save
+        and bool(getattr(meta.pk, "column", None))
+        and written_counters(model) == counters
+        and all(c.column == c.attname for c in counters)
+    )
+
+
+def reads_in_update(
+    model: type[models.Model], instance: models.Model, using: str, counters: tuple[Counter, ...]
+) -> bool:
+    """Whether the save of ``instance``, one loaded from the database, reads the old values
+    in its UPDATE (``rows.update_returning_old``) rather than before it: PostgreSQL, one
+    table, and no value the database computes (read back after the save)."""
+    return (
+        not instance._state.adding
+        and _one_table(model)
+        and connections[using].vendor == "postgresql"
+        and not any(computed(instance, c) for c in counters)
+    )
+
+
 def handle_pre_save(
     sender: type[models.Model],
     instance: models.Model,
@@ -66,9 +103,22 @@ def handle_pre_save(
     if not counters:
         return
     deltas.ensure_available(sender)
-    old = None
+    old: Any = None
     if instance.pk is not None and not inserts_fresh(instance, raw):
-        old = locked_row(sender, using, instance.pk, counters)
+        if reads_in_update(sender, instance, using, counters):
+            old = IN_UPDATE  # CountedModel._do_update replaces it
+        else:
+            old = locked_row(sender, using, instance.pk, counters)
+    instance.__dict__[_OLD] = (counters, old)
+
+
+def old_values(instance: models.Model) -> Any:
+    """What the pre_save handler left of ``instance``'s save: (counters, old values), with
+    :data:`IN_UPDATE` for old values still to be read; None when no counter is written."""
+    return instance.__dict__.get(_OLD)
+
+
+def set_old_values(instance: models.Model, counters: tuple[Counter, ...], old: Any) -> None:
     instance.__dict__[_OLD] = (counters, old)
 
 

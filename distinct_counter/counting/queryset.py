@@ -136,7 +136,7 @@ class CountedQuerySet(models.QuerySet[Any]):
             # An expression, or a pk given twice (the first in a batch wins, the last batch
             # wins), leaves the rows' new values to the database: read them back.
             # So does a descendant's counter: whether the row is the descendant's is not known.
-            tables = lineage(self.model)
+            tables = lineage(self._model)
             unknown = [
                 c for c in counters if c.model not in tables or any(computed(o, c) for o in objs)
             ]
@@ -158,7 +158,7 @@ class CountedQuerySet(models.QuerySet[Any]):
         given = {c: kwargs.get(c.field.name, kwargs.get(c.attname)) for c in counters}
         # Values read back after the update: expressions, generated columns, and the counters
         # of multi-table descendants (whether a row is a descendant's is not known here).
-        tables = lineage(self.model)
+        tables = lineage(self._model)
         direct = [c for c in counters if c.model in tables]
         below = [c for c in counters if c.model not in tables]
         unknown = below + [
@@ -190,7 +190,7 @@ class CountedQuerySet(models.QuerySet[Any]):
     def delete(self) -> tuple[int, dict[str, int]]:
         # The collector deletes the rows of this model and of each multi-table parent, each
         # with its own signal: read all their old values here, locked, in one query.
-        owners = [m for m in lineage(self.model) if counters_of(m)]
+        owners = [m for m in lineage(self._model) if counters_of(m)]
         counters = [c for m in owners for c in counters_of(m)]
         if not counters or self.query.is_sliced or getattr(self, "_fields", None) is not None:
             return super().delete()  # Django refuses these itself

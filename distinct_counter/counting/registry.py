@@ -61,6 +61,11 @@ class Counter:
         """
         return f"{conf.KEY_PREFIX}:{{{self.label}}}:{part}"
 
+    def apply_keys(self) -> tuple[str, ...]:
+        """The keys a write's deltas touch (``scripts.APPLY``): values, meta, journal_on and
+        journal, built once per ``KEY_PREFIX``."""
+        return _apply_keys(self, conf.KEY_PREFIX)
+
     def normalize(self, value: Any) -> str | None:
         return normalize(self.field, value)
 
@@ -69,6 +74,11 @@ class Counter:
 
     def __str__(self) -> str:
         return self.label
+
+
+@functools.lru_cache(maxsize=4096)
+def _apply_keys(counter: Counter, prefix: str) -> tuple[str, ...]:
+    return tuple(counter.key(part) for part in ("values", "meta", "journal_on", "journal"))
 
 
 def is_counted(model: type[models.Model]) -> bool:
@@ -114,6 +124,7 @@ def counters_of(model: type[models.Model]) -> tuple[Counter, ...]:
     return tuple(result)
 
 
+@functools.cache
 def lineage(model: type[models.Model]) -> tuple[type[models.Model], ...]:
     """``model``'s concrete model and its multi-table parents: the tables a save writes."""
     concrete = model._meta.concrete_model or model
@@ -253,6 +264,7 @@ def clear_cache() -> None:
     database_of.cache_clear()
     stored_value.cache_clear()
     counters_of.cache_clear()
+    lineage.cache_clear()
     written_counters.cache_clear()
     rewritten_by.cache_clear()
     all_counters.cache_clear()

@@ -21,27 +21,34 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
-# KEYS: values, meta, journal_on, journal. ARGV: value, delta, value, delta...
+# KEYS: values, meta, journal_on, journal of each counter, four by four. ARGV: for each
+# counter, its number of values, then value, delta, value, delta... All the counters of one
+# committed transaction in one command, so a write costs one round trip and no pipeline.
 # Deltas are applied only to a built counter (meta exists), so a counter never built does not
 # fill up with partial data. A count that reaches 0 is removed; a negative one is kept, since
 # the matching increment of a transaction that committed earlier may still be on its way.
 # While a rebuild runs (journal_on), the values touched are journaled for its recount, with
 # the server time of their first touch since the rebuild last took them (ZADD NX).
 APPLY = Script("""
-local built = redis.call('EXISTS', KEYS[2]) == 1
-local journal = redis.call('EXISTS', KEYS[3]) == 1
-local now
-if journal then
-  local t = redis.call('TIME')
-  now = t[1] .. '.' .. string.format('%06d', t[2])
-end
-for i = 1, #ARGV, 2 do
-  if built then
-    if redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) == 0 then
-      redis.call('HDEL', KEYS[1], ARGV[i])
-    end
+local at = 1
+for k = 1, #KEYS, 4 do
+  local built = redis.call('EXISTS', KEYS[k + 1]) == 1
+  local journal = redis.call('EXISTS', KEYS[k + 2]) == 1
+  local now
+  if journal then
+    local t = redis.call('TIME')
+    now = t[1] .. '.' .. string.format('%06d', t[2])
   end
-  if journal then redis.call('ZADD', KEYS[4], 'NX', now, ARGV[i]) end
+  local last = at + 2 * tonumber(ARGV[at])
+  for i = at + 1, last, 2 do
+    if built then
+      if redis.call('HINCRBY', KEYS[k], ARGV[i], ARGV[i + 1]) == 0 then
+        redis.call('HDEL', KEYS[k], ARGV[i])
+      end
+    end
+    if journal then redis.call('ZADD', KEYS[k + 3], 'NX', now, ARGV[i]) end
+  end
+  at = last + 1
 end
 return 0
 """)
