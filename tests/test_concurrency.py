@@ -406,3 +406,55 @@ def test_a_pet_repointed_while_its_owner_is_deleted(field: str) -> None:
             deleter.join(30)
     assert not errors
     assert_exact()
+
+
+def test_a_save_waiting_for_another_writers_lock_takes_away_the_value_it_committed() -> None:
+    """Two saves of one row from instances loaded before either: the second waits for the
+    first's row lock, then must take a reference from the value the first committed, not
+    from the value both loaded (its UPDATE reads the old value as it is when it gets the
+    lock)."""
+    call_command("rebuild_counts", "testapp.Message", verbosity=0)
+    row = Message.objects.create(username="ann", city="Paris")
+    first, second = Message.objects.get(pk=row.pk), Message.objects.get(pk=row.pk)
+    locked, release = threading.Event(), threading.Event()
+
+    def first_writer() -> None:
+        with transaction.atomic():
+            first.city = "Rome"
+            first.save()
+            locked.set()
+            release.wait(30)
+
+    thread = in_thread(first_writer)
+    assert locked.wait(30)
+    waiting = in_thread(lambda: (setattr(second, "city", "Oslo"), second.save()))
+    deadline = time.monotonic() + 30
+    with connections["default"].cursor() as cur:
+        while True:  # the second save waits for the first's row lock
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'UPDATE%%'"
+            )
+            if cur.fetchone()[0]:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    release.set()
+    thread.join(30)
+    waiting.join(30)
+    assert Message.objects.get(pk=row.pk).city == "Oslo"
+    assert_counters_equal_database()  # Rome taken away, Paris once, not twice
+
+
+def test_a_save_of_a_loaded_row_is_one_statement() -> None:
+    """No BEGIN, SELECT or COMMIT of its own: the UPDATE reads the old values."""
+    from django.test.utils import CaptureQueriesContext
+
+    call_command("rebuild_counts", "testapp.Message", verbosity=0)
+    row = Message.objects.create(username="ann", city="Paris")
+    loaded = Message.objects.get(pk=row.pk)
+    loaded.city = "Rome"
+    with CaptureQueriesContext(connections["default"]) as queries:
+        loaded.save()
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["UPDATE"]
+    assert_counters_equal_database()
