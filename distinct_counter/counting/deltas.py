@@ -12,7 +12,7 @@ from distinct_counter.connection import REDIS_ERRORS, breaker, get_client
 from distinct_counter.counting import stale
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.registry import Counter
-from distinct_counter.counting.scripts import APPLY, run_script
+from distinct_counter.counting.scripts import APPLY, call
 from distinct_counter.exceptions import CounterUnavailable
 
 #: counter -> normalized value -> change in the number of rows holding it.
@@ -68,7 +68,7 @@ def send(deltas: Deltas) -> None:
             for value, delta in values.items():
                 args += (value, delta)
         try:
-            run_script(get_client(alias), APPLY, keys, args)
+            call(get_client(alias), APPLY, keys, args)
         except REDIS_ERRORS as exc:
             gate.failure(exc)
             error = exc

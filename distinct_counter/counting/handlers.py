@@ -54,9 +54,8 @@ def inserts_fresh(instance: models.Model, raw: bool = False) -> bool:
 def computed(instance: models.Model, counter: Counter) -> bool:
     """Whether the database computes ``counter``'s value at save: a generated column, an
     expression (``F("n") + 1``, ``Lower(...)``, a database default) or a deferred field."""
-    if getattr(counter.field, "generated", False) or counter.attname not in instance.__dict__:
-        return True
-    return hasattr(instance.__dict__[counter.attname], "resolve_expression")
+    value = instance.__dict__.get(counter.attname, computed)  # deferred: not there
+    return counter.generated or value is computed or hasattr(value, "resolve_expression")
 
 
 @functools.cache
@@ -134,7 +133,10 @@ def handle_post_save(
     tables = lineage(sender)
     below = [c for c in counters if c.model not in tables]
     unknown = [c for c in counters if computed(instance, c) or (c in below and not created)]
-    stored = dict(zip(unknown, locked_row(sender, using, instance.pk, unknown) or (), strict=False))
+    stored: dict[Counter, Any] = {}
+    if unknown:
+        found = locked_row(sender, using, instance.pk, unknown) or ()
+        stored = dict(zip(unknown, found, strict=False))
     new = tuple(
         stored.get(c) if c in unknown or c in below else getattr(instance, c.attname)
         for c in counters

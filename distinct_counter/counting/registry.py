@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from dataclasses import field as attribute
 from typing import Any
 
 from django.apps import apps
@@ -35,16 +36,26 @@ class Counter:
 
     model: type[models.Model]
     field: models.Field[Any, Any]
+    #: The column attribute: ``city`` or, for a ForeignKey, ``author_id``.
+    attname: str = attribute(init=False, repr=False, compare=False, default="")
+    #: Whether the field is a generated column (Django 5's ``GeneratedField``).
+    generated: bool = attribute(init=False, repr=False, compare=False, default=False)
+    # Counters key the dicts of every write's deltas: hashed once, not per lookup; and the
+    # attributes above are read several times per save.
+    _hash: int = attribute(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.model, self.field)))
+        object.__setattr__(self, "attname", str(self.field.attname))
+        object.__setattr__(self, "generated", bool(getattr(self.field, "generated", False)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def label(self) -> str:
         """``app_label.modelname.field``, the counter's name in commands and key names."""
         return f"{self.model._meta.label_lower}.{self.field.name}"
-
-    @property
-    def attname(self) -> str:
-        """The column attribute: ``city`` or, for a ForeignKey, ``author_id``."""
-        return str(self.field.attname)
 
     @property
     def column(self) -> Any:
@@ -161,9 +172,7 @@ def touched(model: type[models.Model], names: Iterable[str] | None) -> tuple[Cou
     if not wanted:
         return ()
     return tuple(
-        c
-        for c in counters
-        if c.field.name in wanted or c.attname in wanted or getattr(c.field, "generated", False)
+        c for c in counters if c.field.name in wanted or c.attname in wanted or c.generated
     )
 
 

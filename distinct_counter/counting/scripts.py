@@ -92,6 +92,36 @@ return 0
 SCRIPTS = [APPLY, SWAP, SET_COUNTS, MARK_STALE, RELEASE]
 
 
+#: redis-py 5.3 deprecated the command name that older versions require.
+_NAMED = tuple(int(p) for p in redis.__version__.split(".")[:2]) < (5, 3)
+
+
+def call(client: redis.Redis, script: Script, keys: list[str], args: list[Any]) -> Any:
+    """Run ``script`` on one pooled connection of ``client``: EVALSHA, then EVAL on NOSCRIPT.
+
+    The write path's one round trip. It talks to the connection itself: redis-py's
+    ``execute_command`` around it (retry wrapper, observability hooks, option parsing)
+    cost as much Python as all the counting of a save. A connection that fails is dropped,
+    not reused: a reply may still be on its way on it.
+    """
+    pool = client.connection_pool
+    conn: Any = pool.get_connection("EVALSHA") if _NAMED else pool.get_connection()
+    try:
+        try:
+            conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:
+            conn.send_command("EVAL", script.source, len(keys), *keys, *args)
+            return conn.read_response()
+    except redis.exceptions.ResponseError:
+        raise  # Redis answered: the connection is fine
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+
+
 def run_script(client: Any, script: Script, keys: list[str], args: list[Any]) -> Any:
     """Queue ``script`` on a pipeline, or run it on a client (EVALSHA, then EVAL on NOSCRIPT)."""
     if isinstance(client, redis.client.Pipeline):
