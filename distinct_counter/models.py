@@ -17,8 +17,9 @@ from distinct_counter.counting.handlers import (
 )
 from distinct_counter.counting.queryset import CountedManager
 from distinct_counter.counting.registry import touched
-from distinct_counter.counting.rows import lock_absent, locked_row, update_returning_old
+from distinct_counter.counting.rows import lock_absent, locked_row
 from distinct_counter.counting.state import CounterState
+from distinct_counter.counting.statements import update_returning_old
 
 __all__ = ["CountedModel", "CounterState"]
 

@@ -352,14 +352,16 @@ def test_queryset_delete() -> None:
     assert_exact()
 
 
-def test_queryset_delete_reads_old_values_once() -> None:
+def test_queryset_delete_is_one_statement_when_nothing_cascades() -> None:
     MessageFactory.create_batch(40)
+    paris = Message.objects.filter(city="Paris").count()
     with CaptureQueriesContext(connection) as ctx:
-        Message.objects.filter(city="Paris").delete()
-    selects = [q for q in ctx.captured_queries if q["sql"].startswith("SELECT")]
-    # One locking read of the counted values, and the collector's own fetch.
-    assert len(selects) == 2
+        deleted = Message.objects.filter(city="Paris").delete()
+    # The DELETE returns the values it deleted, grouped: no read before, no collector fetch.
+    assert [q["sql"].split()[0] for q in ctx.captured_queries] == ["WITH"]
+    assert deleted == (paris, {"testapp.Message": paris} if paris else {})
     assert_exact()
+    assert Message.objects.none().delete() == (0, {})
 
 
 def test_cascade_from_another_model() -> None:

@@ -3,7 +3,8 @@ committed transaction's deltas reach Redis."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import collections
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.db import models
@@ -25,6 +26,28 @@ def merge(into: Deltas, deltas: Deltas) -> None:
         mine = into.setdefault(counter, {})
         for value, delta in values.items():
             mine[value] = mine.get(value, 0) + delta
+
+
+def tally(deltas: Deltas, counter: Counter, values: Iterable[Any], sign: int) -> None:
+    """Add ``sign`` to ``counter``'s delta of each value, once per row holding it (a bulk
+    write's rows, counted in one pass: each distinct value is normalized once)."""
+    values = list(values)
+    try:
+        pairs: Iterable[tuple[Any, int]] = collections.Counter(values).items()
+    except TypeError:  # unhashable raw values (memoryview): normalize each first
+        pairs = collections.Counter(counter.normalize(v) for v in values).items()
+    tally_counts(deltas, counter, pairs, sign)
+
+
+def tally_counts(
+    deltas: Deltas, counter: Counter, counts: Iterable[tuple[Any, int]], sign: int
+) -> None:
+    """Add ``sign * rows`` to ``counter``'s delta of each ``(value, rows)``."""
+    mine = deltas.setdefault(counter, {})
+    for value, n in counts:
+        text = counter.normalize(value)
+        if text is not None:
+            mine[text] = mine.get(text, 0) + sign * n
 
 
 def between(

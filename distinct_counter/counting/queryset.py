@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
-from django.db import models, transaction
+from django.db import connections, models, transaction
+from django.db.models.deletion import Collector
+from django.db.models.signals import post_delete, pre_delete
 
-from distinct_counter.counting import conflicts
+from distinct_counter.counting import collector, conflicts, handlers
 from distinct_counter.counting.commit import record, stale_on_commit
-from distinct_counter.counting.deltas import Deltas, between, ensure_available, merge
+from distinct_counter.counting.deltas import Deltas, between, ensure_available, merge, tally
 from distinct_counter.counting.handlers import computed, prefetched_deletes
 from distinct_counter.counting.registry import (
     Counter,
@@ -19,9 +21,10 @@ from distinct_counter.counting.registry import (
     written_counters,
 )
 from distinct_counter.counting.rows import canonical_pk, lock_absent, locked_rows, selected
+from distinct_counter.counting.statements import delete_returning, update_pks
 
 #: Rows read, locked and updated per query by ``update()``: memory stays flat on huge updates.
-CHUNK = 2000
+CHUNK = 10000
 
 
 class CountedQuerySet(models.QuerySet[Any]):
@@ -113,8 +116,12 @@ class CountedQuerySet(models.QuerySet[Any]):
                 return created
             stored = locked_rows(self.model, self.db, [o.pk for o in created], unknown)
             deltas: Deltas = {}
-            for obj in created:
-                merge(deltas, between(counters, None, _values(obj, counters, unknown, stored)))
+            for c in counters:
+                if c in unknown:
+                    pks = (canonical_pk(self.model, o.pk) for o in created)
+                    tally(deltas, c, (stored[pk][unknown.index(c)] for pk in pks), 1)
+                else:
+                    tally(deltas, c, (getattr(o, c.attname) for o in created), 1)
             record(self.db, deltas)
         return created
 
@@ -174,6 +181,12 @@ class CountedQuerySet(models.QuerySet[Any]):
             # filter is left out, as if this UPDATE had run first.
             for chunk in self._locked(direct):
                 pks = [r[0] for r in chunk]
+                if not below and not unknown:  # every new value is the one given
+                    rows += self._update_rows(pks, kwargs)
+                    for i, c in enumerate(direct):
+                        tally(deltas, c, (r[i + 1] for r in chunk), -1)
+                        tally(deltas, c, [given[c]] * len(chunk), 1)
+                    continue
                 before = locked_rows(self.model, self.db, pks, below)
                 rows += int(models.QuerySet.update(base.filter(pk__in=pks), **kwargs))
                 stored = locked_rows(self.model, self.db, pks, unknown)
@@ -187,6 +200,14 @@ class CountedQuerySet(models.QuerySet[Any]):
             record(self.db, deltas)
         return rows
 
+    def _update_rows(self, pks: list[Any], kwargs: dict[str, Any]) -> int:
+        """``UPDATE ... WHERE pk IN pks``: on PostgreSQL with the pks as one array, for a
+        model with no multi-table parent (one table to update)."""
+        base = self.model._base_manager.using(self.db)
+        if connections[self.db].vendor == "postgresql" and not self._model._meta.parents:
+            return update_pks(base, kwargs, pks)
+        return int(models.QuerySet.update(base.filter(pk__in=pks), **kwargs))
+
     def delete(self) -> tuple[int, dict[str, int]]:
         # The collector deletes the rows of this model and of each multi-table parent, each
         # with its own signal: read all their old values here, locked, in one query.
@@ -195,6 +216,16 @@ class CountedQuerySet(models.QuerySet[Any]):
         if not counters or self.query.is_sliced or getattr(self, "_fields", None) is not None:
             return super().delete()  # Django refuses these itself
         ensure_available(self.model)
+        if self._deletes_in_one_statement(owners):
+            # What Django's own delete() hands its collector.
+            query: Any = self._chain()  # type: ignore[attr-defined]
+            query.query.select_for_update = False
+            query.query.select_related = False
+            query.query.clear_ordering(force=True)
+            deleted, deltas = delete_returning(query, counters)
+            record(self.db, deltas)
+            self._result_cache = None
+            return deleted, ({self.model._meta.label: deleted} if deleted else {})
         with transaction.atomic(using=self.db, savepoint=False):
             prefetched = dict(prefetched_deletes.get() or {})
             for chunk in self._locked(counters):
@@ -209,6 +240,39 @@ class CountedQuerySet(models.QuerySet[Any]):
                 return super().delete()
             finally:
                 prefetched_deletes.reset(token)
+
+    def _deletes_in_one_statement(self, owners: list[type[models.Model]]) -> bool:
+        """Whether Django's collector would delete these rows in one DELETE, sending no
+        signal, were it not for this app's own handlers (``Collector.can_fast_delete``: no
+        other receiver, nothing to cascade or rewrite, one table), on PostgreSQL, where
+        the DELETE can return what it deleted."""
+        if connections[self.db].vendor != "postgresql" or owners != [self.model]:
+            return False
+        if self.query.distinct_fields or self.query.combinator:
+            return False  # Django refuses these: let it say so
+        return _Unheard(using=self.db).can_fast_delete(self)
+
+
+#: This app's delete receivers, which a one-statement delete replaces.
+_OURS = {
+    handlers.handle_pre_delete,
+    handlers.handle_post_delete,
+    collector.handle_pre_delete,
+    collector.handle_post_delete,
+}
+
+
+class _Unheard(Collector):
+    """A collector that hears only other apps' delete receivers."""
+
+    def _has_signal_listeners(self, model: type[models.Model]) -> bool:
+        for signal in (pre_delete, post_delete):
+            found: Any = signal._live_receivers(model)
+            if isinstance(found, tuple):  # Django 5: (sync receivers, async receivers)
+                found = [*found[0], *found[1]]
+            if any(receiver not in _OURS for receiver in found):
+                return True
+        return False
 
 
 def _values(

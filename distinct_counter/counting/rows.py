@@ -4,12 +4,11 @@ reference (never a snapshot taken when an instance was loaded)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import connections, models
-from django.db.models.sql import UpdateQuery
 
 from distinct_counter.counting.registry import Counter, lineage
 
@@ -40,9 +39,11 @@ def locked_rows(
     values no delta accounts for. Rows that appeared while the lock was awaited are read
     again. This costs a query only when a row is missing, which is rare.
     """
-    pks = list(dict.fromkeys(canonical_pk(model, pk) for pk in pks))
     counters = list(counters)
-    if not pks or not counters:
+    if not counters:
+        return {}
+    pks = list(dict.fromkeys(canonical_pk(model, pk) for pk in pks))
+    if not pks:
         return {}
     locking = connections[using].in_atomic_block
     tables = lineage(model)
@@ -120,49 +121,3 @@ def lock_absent(model: type[models.Model], using: str, pks: list[Any]) -> bool:
             [table, LOCK_BUCKETS - 1, keys],
         )
     return True
-
-
-def update_returning_old(
-    base_qs: models.QuerySet[Any], pk: Any, values: list[Any], counters: Sequence[Counter]
-) -> tuple[Any, ...] | None:
-    """Run the UPDATE of a ``save()`` (Django's ``values``: (field, model, value) triples)
-    on the row ``pk``, and return the values ``counters`` had in the row it overwrote, or
-    None when no row matched (no UPDATE happened). PostgreSQL only.
-
-    One statement, in the save's own transaction or in autocommit, with no round trip of
-    its own: ``UPDATE t SET ... FROM (SELECT ... FOR UPDATE) AS old ... RETURNING old.*``.
-    The subquery locks the row and reads it as it is now (after waiting for a concurrent
-    writer, the version that writer committed), so the values returned are those the
-    UPDATE replaced, even with concurrent writers (what :func:`locked_rows` gives, with a
-    SELECT, a BEGIN and a COMMIT fewer).
-    """
-    query: Any = base_qs.query.chain(UpdateQuery)
-    query.add_update_fields(values)
-    query.annotations = {}
-    using = base_qs.db
-    connection = connections[using]
-    set_sql, params = query.get_compiler(using).as_sql()
-    meta = base_qs.model._meta
-    qn = connection.ops.quote_name
-    table, key = qn(meta.db_table), qn(str(meta.pk.column))
-    columns = [qn(str(c.field.column)) for c in counters]
-    sql = (
-        f"{set_sql} FROM (SELECT r.{key}, {', '.join(f'r.{c}' for c in columns)} "
-        f"FROM {table} AS r WHERE r.{key} = %s FOR UPDATE) AS _dc_old "
-        f"WHERE {table}.{key} = _dc_old.{key} "
-        f"RETURNING {', '.join(f'_dc_old.{c}' for c in columns)}"
-    )
-    with connection.cursor() as cur:
-        cur.execute(sql, [*params, meta.pk.get_db_prep_value(pk, connection)])
-        row = cur.fetchone()
-    if row is None:
-        return None
-    return tuple(_from_db(c, value, connection) for c, value in zip(counters, row, strict=True))
-
-
-def _from_db(counter: Counter, value: Any, connection: Any) -> Any:
-    """A column's value as the ORM would read it (the converters of ``values_list``)."""
-    col = counter.field.get_col(counter.model._meta.db_table)
-    for convert in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
-        value = convert(value, col, connection)
-    return value

@@ -1,0 +1,139 @@
+"""Writes done in one SQL statement that also says what it changed (PostgreSQL).
+
+Django's compiler builds the ``SET`` of the UPDATE, as for any ``save()`` or ``update()``;
+the rest of the statement is ours: a ``FROM`` that reads the old values (locked), a
+``RETURNING`` that hands them back, or a pk list bound as one array. A write then costs the
+statement it costs anyway, not a SELECT, a BEGIN and a COMMIT more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.core.exceptions import EmptyResultSet
+from django.db import connections, models
+from django.db.models.sql import DeleteQuery, UpdateQuery
+
+from distinct_counter.counting.deltas import Deltas, tally_counts
+from distinct_counter.counting.registry import Counter
+
+
+def _set_clause(
+    base_qs: models.QuerySet[Any], values: list[Any] | dict[str, Any]
+) -> tuple[str, list[Any]]:
+    """``UPDATE table SET ...`` of a save's ``values`` ((field, model, value) triples) or of
+    an ``update()``'s keyword arguments, with no WHERE: the caller adds its own."""
+    query: Any = base_qs.query.chain(UpdateQuery)
+    if isinstance(values, dict):
+        query.add_update_values(values)
+    else:
+        query.add_update_fields(values)
+    query.annotations = {}
+    sql, params = query.get_compiler(base_qs.db).as_sql()
+    return sql, list(params)
+
+
+def update_returning_old(
+    base_qs: models.QuerySet[Any], pk: Any, values: list[Any], counters: Sequence[Counter]
+) -> tuple[Any, ...] | None:
+    """Run the UPDATE of a ``save()`` (Django's ``values``: (field, model, value) triples)
+    on the row ``pk``, and return the values ``counters`` had in the row it overwrote, or
+    None when no row matched (no UPDATE happened). PostgreSQL only.
+
+    One statement, in the save's own transaction or in autocommit, with no round trip of
+    its own: ``UPDATE t SET ... FROM (SELECT ... FOR UPDATE) AS old ... RETURNING old.*``.
+    The subquery locks the row and reads it as it is now (after waiting for a concurrent
+    writer, the version that writer committed), so the values returned are those the
+    UPDATE replaced, even with concurrent writers (what :func:`locked_rows` gives, with a
+    SELECT, a BEGIN and a COMMIT fewer).
+    """
+    connection = connections[base_qs.db]
+    set_sql, params = _set_clause(base_qs, values)
+    meta = base_qs.model._meta
+    qn = connection.ops.quote_name
+    table, key = qn(meta.db_table), qn(str(meta.pk.column))
+    columns = [qn(str(c.field.column)) for c in counters]
+    sql = (
+        f"{set_sql} FROM (SELECT r.{key}, {', '.join(f'r.{c}' for c in columns)} "
+        f"FROM {table} AS r WHERE r.{key} = %s FOR UPDATE) AS _dc_old "
+        f"WHERE {table}.{key} = _dc_old.{key} "
+        f"RETURNING {', '.join(f'_dc_old.{c}' for c in columns)}"
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, [*params, meta.pk.get_db_prep_value(pk, connection)])
+        row = cur.fetchone()
+    if row is None:
+        return None
+    return tuple(
+        _from_db([value], c, connection)[0] for c, value in zip(counters, row, strict=True)
+    )
+
+
+def _from_db(values: Sequence[Any], counter: Counter, connection: Any) -> list[Any]:
+    """Values of ``counter``'s column as the ORM would read them (the converters of
+    ``values_list``; most columns have none)."""
+    col = counter.field.get_col(counter.model._meta.db_table)
+    converters = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+    if not converters:
+        return list(values)
+    converted = []
+    for value in values:
+        for convert in converters:
+            value = convert(value, col, connection)
+        converted.append(value)
+    return converted
+
+
+def update_pks(base_qs: models.QuerySet[Any], kwargs: dict[str, Any], pks: list[Any]) -> int:
+    """``base_qs.filter(pk__in=pks).update(**kwargs)`` of a model with no multi-table
+    parent, with the pks bound as one array (``= ANY(%s)``): Django's ``IN`` list of
+    thousands of parameters costs more to build than the UPDATE does to run. Returns the
+    number of rows updated."""
+    if not pks:
+        return 0
+    connection = connections[base_qs.db]
+    set_sql, params = _set_clause(base_qs, kwargs)
+    meta = base_qs.model._meta
+    pk: Any = meta.pk
+    qn = connection.ops.quote_name
+    array = f"%s::{pk.rel_db_type(connection)}[]"
+    with connection.cursor() as cur:
+        cur.execute(
+            f"{set_sql} WHERE {qn(meta.db_table)}.{qn(str(pk.column))} = ANY({array})",
+            [*params, [pk.get_db_prep_value(v, connection) for v in pks]],
+        )
+        return int(cur.rowcount)
+
+
+def delete_returning(
+    queryset: models.QuerySet[Any], counters: Sequence[Counter]
+) -> tuple[int, Deltas]:
+    """Delete the rows of ``queryset`` (of one table, with nothing for Django's collector to
+    do) in one ``DELETE ... RETURNING``, and return how many rows went and the deltas of
+    ``counters``: the values of the rows the statement itself deleted, grouped in the
+    database (``WITH gone AS (DELETE ... RETURNING ...) SELECT ..., count(*) ... GROUP
+    BY``), so no row is read, locked or sent twice."""
+    query: Any = queryset.query.clone()
+    query.__class__ = DeleteQuery  # as Django's own QuerySet._raw_delete()
+    connection = connections[queryset.db]
+    try:
+        delete_sql, params = query.get_compiler(queryset.db).as_sql()
+    except EmptyResultSet:  # .none(), or a filter that matches nothing by construction
+        return 0, {}
+    qn = connection.ops.quote_name
+    columns = list(dict.fromkeys(qn(str(c.field.column)) for c in counters))
+    listed = ", ".join(columns)
+    sql = (
+        f"WITH _dc_gone AS ({delete_sql} RETURNING {listed}) "
+        f"SELECT {listed}, count(*) FROM _dc_gone GROUP BY {listed}"
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        groups = cur.fetchall()
+    deltas: Deltas = {}
+    for c in counters:
+        at = columns.index(qn(str(c.field.column)))
+        values = _from_db([g[at] for g in groups], c, connection)
+        tally_counts(deltas, c, zip(values, (g[-1] for g in groups), strict=True), -1)
+    return sum(g[-1] for g in groups), deltas
