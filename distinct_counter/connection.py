@@ -92,6 +92,42 @@ def _make_client(alias: str, write: bool) -> redis.Redis:
     return redis.Redis(connection_pool=new_pool)
 
 
+#: redis-py 5.3 deprecated the command name that older versions require.
+_NAMED = tuple(int(p) for p in redis.__version__.split(".")[:2]) < (5, 3)
+
+
+def round_trip(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:
+    """Send ``commands`` on one pooled connection of ``client`` in one write, and return
+    their replies (an error reply raised once every reply is read).
+
+    The counters' hot paths (a write's deltas, a read of a count) call this rather than
+    redis-py's ``execute_command`` or ``pipeline()``, whose Python (retry wrapper,
+    observability hooks, reply callbacks, pipeline objects) cost as much as all the
+    counting of a save. A connection that fails is dropped, never reused: a reply may
+    still be on its way on it. Replies are Redis's own: no redis-py callback applies.
+    """
+    pool = client.connection_pool
+    conn: Any = pool.get_connection(commands[0][0]) if _NAMED else pool.get_connection()
+    try:
+        conn.send_packed_command(conn.pack_commands(commands))
+        replies: list[Any] = []
+        error: redis.ResponseError | None = None
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as exc:  # Redis answered: the connection is fine
+                error = error or exc
+                replies.append(exc)
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    if error is not None:
+        raise error
+    return replies
+
+
 class Breaker:
     """A per-process circuit breaker for one Redis server in one role.
 

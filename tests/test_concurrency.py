@@ -458,3 +458,39 @@ def test_a_save_of_a_loaded_row_is_one_statement() -> None:
         loaded.save()
     assert [q["sql"].split()[0] for q in queries.captured_queries] == ["UPDATE"]
     assert_counters_equal_database()
+
+
+def test_an_update_meeting_a_row_another_writer_changed_updates_it_from_its_new_value() -> None:
+    """``update()`` reads and updates its rows in one statement without locking them
+    first; a row another transaction changes meanwhile is updated again, locked, and its
+    reference taken from the value that transaction committed."""
+    call_command("rebuild_counts", "testapp.Message", verbosity=0)
+    rows = [Message.objects.create(username=f"u{i}", city="Paris") for i in range(3)]
+    locked, release = threading.Event(), threading.Event()
+
+    def first_writer() -> None:
+        with transaction.atomic():
+            Message.objects.filter(pk=rows[1].pk).update(city="Rome")
+            locked.set()
+            release.wait(30)
+
+    thread = in_thread(first_writer)
+    assert locked.wait(30)
+    pks = [r.pk for r in rows]
+    waiting = in_thread(lambda: Message.objects.filter(pk__in=pks).update(city="Oslo"))
+    deadline = time.monotonic() + 30
+    with connections["default"].cursor() as cur:
+        while True:  # the update waits for the first writer's row lock
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'WITH%%'"
+            )
+            if cur.fetchone()[0]:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    release.set()
+    thread.join(30)
+    waiting.join(30)
+    assert set(Message.objects.filter(pk__in=pks).values_list("city", flat=True)) == {"Oslo"}
+    assert_counters_equal_database()  # Rome taken away once, Paris three times

@@ -86,7 +86,7 @@ def send(deltas: Deltas) -> None:
         keys: list[str] = []
         args: list[Any] = []
         for counter, values in deltas.items():
-            keys += counter.apply_keys()
+            keys += counter.hot_keys()
             args.append(len(values))
             for value, delta in values.items():
                 args += (value, delta)

@@ -11,7 +11,14 @@ from django.db.models.signals import post_delete, pre_delete
 
 from distinct_counter.counting import collector, conflicts, handlers
 from distinct_counter.counting.commit import record, stale_on_commit
-from distinct_counter.counting.deltas import Deltas, between, ensure_available, merge, tally
+from distinct_counter.counting.deltas import (
+    Deltas,
+    between,
+    ensure_available,
+    merge,
+    tally,
+    tally_counts,
+)
 from distinct_counter.counting.handlers import computed, prefetched_deletes
 from distinct_counter.counting.registry import (
     Counter,
@@ -21,7 +28,11 @@ from distinct_counter.counting.registry import (
     written_counters,
 )
 from distinct_counter.counting.rows import canonical_pk, lock_absent, locked_rows, selected
-from distinct_counter.counting.statements import delete_returning, update_pks
+from distinct_counter.counting.statements import (
+    delete_returning,
+    update_pks,
+    update_returning,
+)
 
 #: Rows read, locked and updated per query by ``update()``: memory stays flat on huge updates.
 CHUNK = 10000
@@ -177,9 +188,16 @@ class CountedQuerySet(models.QuerySet[Any]):
         deltas: Deltas = {}
         rows = 0
         with transaction.atomic(using=self.db, savepoint=False):
+            rest: CountedQuerySet | None = self
+            if not unknown and self._one_table():
+                rows, deltas, skipped = update_returning(self, kwargs, direct)
+                for c in direct:
+                    tally_counts(deltas, c, [(given[c], rows)], 1)
+                # Rows changed by another writer meanwhile: again, locked.
+                rest = self.filter(pk__in=skipped) if skipped else None
             # Update exactly the rows locked: a row inserted meanwhile that matches the
             # filter is left out, as if this UPDATE had run first.
-            for chunk in self._locked(direct):
+            for chunk in rest._locked(direct) if rest is not None else ():
                 pks = [r[0] for r in chunk]
                 if not below and not unknown:  # every new value is the one given
                     rows += self._update_rows(pks, kwargs)
@@ -200,11 +218,15 @@ class CountedQuerySet(models.QuerySet[Any]):
             record(self.db, deltas)
         return rows
 
+    def _one_table(self) -> bool:
+        """Whether an UPDATE of these rows is one statement on one table that can return
+        what it changed: PostgreSQL, and a model with no multi-table parent."""
+        return connections[self.db].vendor == "postgresql" and not self._model._meta.parents
+
     def _update_rows(self, pks: list[Any], kwargs: dict[str, Any]) -> int:
-        """``UPDATE ... WHERE pk IN pks``: on PostgreSQL with the pks as one array, for a
-        model with no multi-table parent (one table to update)."""
+        """``UPDATE ... WHERE pk IN pks``, with the pks as one array where it can."""
         base = self.model._base_manager.using(self.db)
-        if connections[self.db].vendor == "postgresql" and not self._model._meta.parents:
+        if self._one_table():
             return update_pks(base, kwargs, pks)
         return int(models.QuerySet.update(base.filter(pk__in=pks), **kwargs))
 

@@ -18,7 +18,7 @@ from asgiref.sync import sync_to_async
 from django.db import models, router
 from django.db.models import Count
 
-from distinct_counter.connection import REDIS_ERRORS, breaker, get_client
+from distinct_counter.connection import REDIS_ERRORS, breaker, get_client, round_trip
 from distinct_counter.counting import stale
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.registry import Counter, resolve
@@ -49,11 +49,11 @@ def _redis_read(counter: Counter, command: str, *args: Any) -> tuple[str, Any]:
         # A first call (or the first after a failure) copies the stale marks (the database's
         # and this process's) into Redis after reading: the state it read may predate them.
         synced = gate.synced and not gate.failed
+        values, meta = counter.hot_keys()[:2]
         try:
-            pipe = get_client(alias, write=False).pipeline(transaction=False)
-            pipe.hget(counter.key("meta"), "state")
-            getattr(pipe, command)(counter.key("values"), *args)
-            state, result = pipe.execute()
+            state, result = round_trip(
+                get_client(alias, write=False), ("HGET", meta, "state"), (command, values, *args)
+            )
         except REDIS_ERRORS as exc:
             gate.failure(exc)
             return "unreachable", None
@@ -96,7 +96,7 @@ class DistinctCount:
     def read(field: str, model: type[models.Model] | str | None = None) -> CountResult:
         """The number of distinct non-NULL values, with its source and the counter's state."""
         counter = resolve(field, model)
-        state, count = _redis_read(counter, "hlen")
+        state, count = _redis_read(counter, "HLEN")
         if state == "ok":
             return CountResult(int(count), "redis", state)
         count = _fallback(
@@ -121,7 +121,7 @@ class DistinctCount:
         text = counter.normalize(value)
         if text is None:
             return 0
-        state, count = _redis_read(counter, "hget", text)
+        state, count = _redis_read(counter, "HGET", text)
         if state == "ok":
             return max(int(count or 0), 0)
         return int(
@@ -200,7 +200,7 @@ def _member_batches(
     """The distinct values, one list per ``HSCAN`` (empty lists included) or per
     ``batch_size`` rows of the database fallback."""
     counter = resolve(field, model)
-    state, _ = _redis_read(counter, "exists")
+    state, _ = _redis_read(counter, "EXISTS")
     if state != "ok":
         values = _fallback(
             counter,

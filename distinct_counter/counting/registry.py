@@ -72,10 +72,10 @@ class Counter:
         """
         return f"{conf.KEY_PREFIX}:{{{self.label}}}:{part}"
 
-    def apply_keys(self) -> tuple[str, ...]:
-        """The keys a write's deltas touch (``scripts.APPLY``): values, meta, journal_on and
-        journal, built once per ``KEY_PREFIX``."""
-        return _apply_keys(self, conf.KEY_PREFIX)
+    def hot_keys(self) -> tuple[str, ...]:
+        """The keys every write (``scripts.APPLY``) and read touches: values, meta,
+        journal_on and journal, built once per ``KEY_PREFIX``."""
+        return _hot_keys(self, conf.KEY_PREFIX)
 
     def normalize(self, value: Any) -> str | None:
         return normalize(self.field, value)
@@ -88,7 +88,7 @@ class Counter:
 
 
 @functools.lru_cache(maxsize=4096)
-def _apply_keys(counter: Counter, prefix: str) -> tuple[str, ...]:
+def _hot_keys(counter: Counter, prefix: str) -> tuple[str, ...]:
     return tuple(counter.key(part) for part in ("values", "meta", "journal_on", "journal"))
 
 
@@ -210,9 +210,7 @@ def resolve(field: str, model: type[models.Model] | str | None = None) -> Counte
     :raises NotCounted: the field is not counted, or several models count it and ``model``
         was not given; the message lists the counters there are.
     """
-    if model is None or isinstance(model, str):
-        return _resolve_cached(field, model)
-    return _resolve(field, model)
+    return _resolve_cached(field, model)
 
 
 def _resolve(field: str, model: type[models.Model] | str | None) -> Counter:
@@ -240,8 +238,9 @@ def _resolve(field: str, model: type[models.Model] | str | None) -> Counter:
     )
 
 
-@functools.cache
-def _resolve_cached(field: str, model: str | None) -> Counter:
+@functools.lru_cache(maxsize=4096)
+def _resolve_cached(field: str, model: type[models.Model] | str | None) -> Counter:
+    """:func:`_resolve`, once per argument: every read resolves its counter."""
     return _resolve(field, model)
 
 

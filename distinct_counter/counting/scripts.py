@@ -12,6 +12,8 @@ from typing import Any
 
 import redis
 
+from distinct_counter.connection import round_trip
+
 
 class Script:
     """A Lua script known by its SHA1, loaded into Redis on first NOSCRIPT."""
@@ -92,34 +94,13 @@ return 0
 SCRIPTS = [APPLY, SWAP, SET_COUNTS, MARK_STALE, RELEASE]
 
 
-#: redis-py 5.3 deprecated the command name that older versions require.
-_NAMED = tuple(int(p) for p in redis.__version__.split(".")[:2]) < (5, 3)
-
-
 def call(client: redis.Redis, script: Script, keys: list[str], args: list[Any]) -> Any:
-    """Run ``script`` on one pooled connection of ``client``: EVALSHA, then EVAL on NOSCRIPT.
-
-    The write path's one round trip. It talks to the connection itself: redis-py's
-    ``execute_command`` around it (retry wrapper, observability hooks, option parsing)
-    cost as much Python as all the counting of a save. A connection that fails is dropped,
-    not reused: a reply may still be on its way on it.
-    """
-    pool = client.connection_pool
-    conn: Any = pool.get_connection("EVALSHA") if _NAMED else pool.get_connection()
+    """Run ``script`` in one round trip (``connection.round_trip``): EVALSHA, then EVAL on
+    NOSCRIPT."""
     try:
-        try:
-            conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            return conn.read_response()
-        except redis.exceptions.NoScriptError:
-            conn.send_command("EVAL", script.source, len(keys), *keys, *args)
-            return conn.read_response()
-    except redis.exceptions.ResponseError:
-        raise  # Redis answered: the connection is fine
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
+        return round_trip(client, ("EVALSHA", script.sha, len(keys), *keys, *args))[0]
+    except redis.exceptions.NoScriptError:
+        return round_trip(client, ("EVAL", script.source, len(keys), *keys, *args))[0]
 
 
 def run_script(client: Any, script: Script, keys: list[str], args: list[Any]) -> Any:

@@ -137,3 +137,53 @@ def delete_returning(
         values = _from_db([g[at] for g in groups], c, connection)
         tally_counts(deltas, c, zip(values, (g[-1] for g in groups), strict=True), -1)
     return sum(g[-1] for g in groups), deltas
+
+
+def update_returning(
+    queryset: models.QuerySet[Any], kwargs: dict[str, Any], counters: Sequence[Counter]
+) -> tuple[int, Deltas, list[Any]]:
+    """``queryset.update(**kwargs)`` of a model with no multi-table parent, in one
+    statement that also returns the old values of ``counters`` in the rows it updated,
+    grouped in the database. Returns the rows updated, their old values' deltas (-1 per
+    row) and the pks it skipped.
+
+    No row is locked before the UPDATE: the rows are read (``_dc_old``) and updated
+    (``_dc_new``) by the statement's one snapshot, joined on their ``ctid``, the address
+    of the row version read. A row another transaction changed meanwhile has moved to a
+    new version: the UPDATE, rechecking it after that writer committed, no longer finds
+    the version read, and leaves it alone. Those rows come back as skipped, for the
+    caller to update again, locked; every row updated here was updated from the very
+    values returned.
+    """
+    db = queryset.db
+    connection = connections[db]
+    meta = queryset.model._meta
+    qn = connection.ops.quote_name
+    table, key = qn(meta.db_table), qn(str(meta.pk.column))
+    try:
+        inner, inner_params = queryset.order_by().values("pk").query.get_compiler(db).as_sql()
+    except EmptyResultSet:
+        return 0, {}, []
+    set_sql, set_params = _set_clause(queryset.model._base_manager.using(db), kwargs)
+    columns = list(dict.fromkeys(qn(str(c.field.column)) for c in counters))
+    old = ", ".join(f"o.{c}" for c in columns)
+    sql = (
+        f"WITH _dc_old AS MATERIALIZED (SELECT r.ctid AS _dc_tid, r.{key} AS _dc_pk, "
+        f"{', '.join(f'r.{c}' for c in columns)} FROM {table} AS r WHERE r.{key} IN ({inner})), "
+        f"_dc_new AS ({set_sql} FROM _dc_old WHERE {table}.ctid = _dc_old._dc_tid "
+        f"RETURNING _dc_old._dc_pk) "
+        f"SELECT false, {old}, count(*), NULL FROM _dc_old AS o "
+        f"WHERE o._dc_pk IN (SELECT _dc_pk FROM _dc_new) GROUP BY {old} "
+        f"UNION ALL SELECT true, {', '.join('NULL' for _ in columns)}, 0, o._dc_pk "
+        f"FROM _dc_old AS o WHERE o._dc_pk NOT IN (SELECT _dc_pk FROM _dc_new)"
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, [*inner_params, *set_params])
+        rows = cur.fetchall()
+    groups = [r for r in rows if not r[0]]
+    deltas: Deltas = {}
+    for c in counters:
+        at = columns.index(qn(str(c.field.column))) + 1
+        values = _from_db([g[at] for g in groups], c, connection)
+        tally_counts(deltas, c, zip(values, (g[-2] for g in groups), strict=True), -1)
+    return sum(g[-2] for g in groups), deltas, [r[-1] for r in rows if r[0]]
