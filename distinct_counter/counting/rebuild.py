@@ -136,8 +136,11 @@ def _scan(
         ).pexpire(journal_on, _TTL_MS).execute()
 
     rows = values = 0
-    scanned: float | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="distinct_counter-rebuild") as writer:
+    with contextlib.ExitStack() as stack:
+        scanned = _pin_snapshot(using, client, stack)
+        writer = stack.enter_context(
+            ThreadPoolExecutor(1, thread_name_prefix="distinct_counter-rebuild")
+        )
         stored: Future[None] | None = None
         for batch in grouped_chunks(counter, using, chunk_size=conf.REBUILD_BATCH_SIZE):
             if scanned is None:  # Rows arrived: the scan's snapshot was taken by now.
@@ -154,6 +157,23 @@ def _scan(
         if stored is not None:
             stored.result()
     return rows, values, _server_time(client) if scanned is None else scanned
+
+
+def _pin_snapshot(using: str, client: Any, stack: contextlib.ExitStack) -> float | None:
+    """On PostgreSQL outside a transaction, open the scan's transaction (``REPEATABLE
+    READ``: the GROUP BY reads the snapshot of its first statement) and return the server
+    time by which that snapshot was taken: a bound known before the scan runs, so the
+    wait for writes in flight (``REBUILD_GRACE``) runs along with the scan, not after it.
+    Elsewhere None: the first rows the scan returns bound it.
+    """
+    connection = connections[using]
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return None
+    stack.enter_context(transaction.atomic(using=using))
+    with connection.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cur.execute("SELECT 1")  # the snapshot is taken here
+    return _server_time(client)
 
 
 def _server_time(client: Any) -> float:
