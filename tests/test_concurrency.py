@@ -408,6 +408,22 @@ def test_a_pet_repointed_while_its_owner_is_deleted(field: str) -> None:
     assert_exact()
 
 
+def wait_for_a_lock_wait(statement: str) -> None:
+    """Wait until a session runs a ``statement`` (its first word) that waits for a lock."""
+    deadline = time.monotonic() + 30
+    with connections["default"].cursor() as cur:
+        while True:
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE %s",
+                [f"{statement}%"],
+            )
+            if cur.fetchone()[0]:
+                return
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+
 def test_a_save_waiting_for_another_writers_lock_takes_away_the_value_it_committed() -> None:
     """Two saves of one row from instances loaded before either: the second waits for the
     first's row lock, then must take a reference from the value the first committed, not
@@ -428,17 +444,7 @@ def test_a_save_waiting_for_another_writers_lock_takes_away_the_value_it_committ
     thread = in_thread(first_writer)
     assert locked.wait(30)
     waiting = in_thread(lambda: (setattr(second, "city", "Oslo"), second.save()))
-    deadline = time.monotonic() + 30
-    with connections["default"].cursor() as cur:
-        while True:  # the second save waits for the first's row lock
-            cur.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE 'UPDATE%%'"
-            )
-            if cur.fetchone()[0]:
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+    wait_for_a_lock_wait("UPDATE")
     release.set()
     thread.join(30)
     waiting.join(30)
@@ -478,17 +484,7 @@ def test_an_update_meeting_a_row_another_writer_changed_updates_it_from_its_new_
     assert locked.wait(30)
     pks = [r.pk for r in rows]
     waiting = in_thread(lambda: Message.objects.filter(pk__in=pks).update(city="Oslo"))
-    deadline = time.monotonic() + 30
-    with connections["default"].cursor() as cur:
-        while True:  # the update waits for the first writer's row lock
-            cur.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE 'WITH%%'"
-            )
-            if cur.fetchone()[0]:
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+    wait_for_a_lock_wait("WITH")
     release.set()
     thread.join(30)
     waiting.join(30)
