@@ -30,13 +30,16 @@ def merge(into: Deltas, deltas: Deltas) -> None:
 
 def tally(deltas: Deltas, counter: Counter, values: Iterable[Any], sign: int) -> None:
     """Add ``sign`` to ``counter``'s delta of each value, once per row holding it (a bulk
-    write's rows, counted in one pass: each distinct value is normalized once)."""
-    values = list(values)
-    try:
-        pairs: Iterable[tuple[Any, int]] = collections.Counter(values).items()
-    except TypeError:  # unhashable raw values (memoryview): normalize each first
-        pairs = collections.Counter(counter.normalize(v) for v in values).items()
-    tally_counts(deltas, counter, pairs, sign)
+    write's rows, counted in one pass).
+
+    Values are grouped by their normalized text, never by Python equality: two datetimes
+    that differ only by ``fold`` are equal in Python and an hour apart in the database.
+    """
+    normalize = counter.normalize
+    mine = deltas.setdefault(counter, {})
+    for text, n in collections.Counter(normalize(v) for v in values).items():
+        if text is not None:
+            mine[text] = mine.get(text, 0) + sign * n
 
 
 def tally_counts(
