@@ -78,7 +78,12 @@ class CountedModel(models.Model):
         if stash is None or stash[1] is not IN_UPDATE:
             return super()._do_update(*args)
         counters = stash[0]
-        if rest and rest[0] or not values or (self._meta.select_on_save and not forced_update):
+        if (
+            (rest and rest[0])
+            or not values
+            or (self._meta.select_on_save and not forced_update)
+            or base_qs.query.has_filters()  # a base manager that filters: Django's UPDATE
+        ):
             # Not the one-statement form: read the old values first, as any other save.
             with transaction.atomic(using=using, savepoint=False):
                 set_old_values(self, counters, locked_row(type(self), using, pk_val, counters))

@@ -20,17 +20,17 @@ from distinct_counter.counting.registry import Counter
 
 
 def _set_clause(
-    base_qs: models.QuerySet[Any], values: list[Any] | dict[str, Any]
+    model: type[models.Model], using: str, values: list[Any] | dict[str, Any]
 ) -> tuple[str, list[Any]]:
     """``UPDATE table SET ...`` of a save's ``values`` ((field, model, value) triples) or of
-    an ``update()``'s keyword arguments, with no WHERE: the caller adds its own."""
-    query: Any = base_qs.query.chain(UpdateQuery)
+    an ``update()``'s keyword arguments, with no WHERE at all (a fresh query, not one of a
+    manager that may filter): the caller adds its own."""
+    query = UpdateQuery(model)
     if isinstance(values, dict):
         query.add_update_values(values)
     else:
         query.add_update_fields(values)
-    query.annotations = {}
-    sql, params = query.get_compiler(base_qs.db).as_sql()
+    sql, params = query.get_compiler(using).as_sql()
     return sql, list(params)
 
 
@@ -49,7 +49,7 @@ def update_returning_old(
     SELECT, a BEGIN and a COMMIT fewer).
     """
     connection = connections[base_qs.db]
-    set_sql, params = _set_clause(base_qs, values)
+    set_sql, params = _set_clause(base_qs.model, base_qs.db, values)
     meta = base_qs.model._meta
     qn = connection.ops.quote_name
     table, key = qn(meta.db_table), qn(str(meta.pk.column))
@@ -93,7 +93,7 @@ def update_pks(base_qs: models.QuerySet[Any], kwargs: dict[str, Any], pks: list[
     if not pks:
         return 0
     connection = connections[base_qs.db]
-    set_sql, params = _set_clause(base_qs, kwargs)
+    set_sql, params = _set_clause(base_qs.model, base_qs.db, kwargs)
     meta = base_qs.model._meta
     pk: Any = meta.pk
     qn = connection.ops.quote_name
@@ -164,7 +164,7 @@ def update_returning(
         inner, inner_params = queryset.order_by().values("pk").query.get_compiler(db).as_sql()
     except EmptyResultSet:
         return 0, {}, []
-    set_sql, set_params = _set_clause(queryset.model._base_manager.using(db), kwargs)
+    set_sql, set_params = _set_clause(queryset.model, db, kwargs)
     columns = list(dict.fromkeys(qn(str(c.field.column)) for c in counters))
     old = ", ".join(f"o.{c}" for c in columns)
     sql = (
