@@ -24,8 +24,10 @@ class _Batch:
     """The deltas (and stale marks) of one transaction on one connection, sent once after it
     commits.
 
-    Each write registers a :class:`_Part` with ``transaction.on_commit``, so Django itself
-    drops the parts of a rolled-back savepoint. The batch is a commit hook with no savepoint
+    The writes under one set of savepoints share a :class:`_Part`, registered with
+    ``transaction.on_commit``, so Django itself drops the parts of a rolled-back savepoint
+    (a part per write made a transaction of many writes quadratic: each new part was moved
+    before the batch in Django's list of hooks). The batch is a commit hook with no savepoint
     of its own (it is never dropped), kept right after the parts: when it runs, every
     surviving part has already added its deltas to it.
 

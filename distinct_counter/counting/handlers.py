@@ -1,7 +1,9 @@
 """Signal handlers that turn saves and deletes of counted models into counter deltas.
 
 Old values are read from the database, locked, inside the writing transaction
-(:mod:`~distinct_counter.counting.rows`); deltas are sent after the transaction commits
+(:mod:`~distinct_counter.counting.rows`), or, for a loaded row on PostgreSQL, returned by
+the UPDATE itself (:mod:`~distinct_counter.counting.statements`, through
+``CountedModel._do_update``); deltas are sent after the transaction commits
 (:mod:`~distinct_counter.counting.commit`). Values the database computes (an expression
 assigned to a field, a generated column, a database default) are read back from the row.
 """
@@ -80,7 +82,7 @@ def reads_in_update(
     model: type[models.Model], instance: models.Model, using: str, counters: tuple[Counter, ...]
 ) -> bool:
     """Whether the save of ``instance``, one loaded from the database, reads the old values
-    in its UPDATE (``rows.update_returning_old``) rather than before it: PostgreSQL, one
+    in its UPDATE (``statements.update_returning_old``) rather than before it: PostgreSQL, one
     table, and no value the database computes (read back after the save)."""
     return (
         not instance._state.adding
