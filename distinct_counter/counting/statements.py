@@ -54,11 +54,13 @@ def update_returning_old(
     qn = connection.ops.quote_name
     table, key = qn(meta.db_table), qn(str(meta.pk.column))
     columns = [qn(str(c.field.column)) for c in counters]
+    # Aliased: a counted column may be the pk itself.
+    picked = ", ".join(f"r.{c} AS _dc_{i}" for i, c in enumerate(columns))
     sql = (
-        f"{set_sql} FROM (SELECT r.{key}, {', '.join(f'r.{c}' for c in columns)} "
+        f"{set_sql} FROM (SELECT r.{key} AS _dc_pk, {picked} "
         f"FROM {table} AS r WHERE r.{key} = %s FOR UPDATE) AS _dc_old "
-        f"WHERE {table}.{key} = _dc_old.{key} "
-        f"RETURNING {', '.join(f'_dc_old.{c}' for c in columns)}"
+        f"WHERE {table}.{key} = _dc_old._dc_pk "
+        f"RETURNING {', '.join(f'_dc_old._dc_{i}' for i in range(len(columns)))}"
     )
     with connection.cursor() as cur:
         cur.execute(sql, [*params, meta.pk.get_db_prep_value(pk, connection)])
