@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from django.core.management.base import BaseCommand
+
+
+def host(packages: Mapping[str, str]) -> dict[str, Any]:
+    """The machine and the Python side's versions, for a benchmark's header: CPUs, memory,
+    platform, load average, Python, Django, and each of ``packages`` (name in the header ->
+    distribution name; None when it is not installed)."""
+    from importlib import metadata
+
+    import django
+
+    memory = ""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            memory = f"{int(meminfo.readline().split()[1]) / 1024**2:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    versions: dict[str, str | None] = {}
+    for name, package in packages.items():
+        try:
+            versions[name] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "nproc": os.cpu_count(),
+        "memory": memory,
+        "platform": platform.platform(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        **versions,
+    }
 
 
 @dataclass

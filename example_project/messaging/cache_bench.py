@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import cProfile
 import math
-import os
 import pstats
 import signal
 import statistics
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from django_redis.cache import RedisCache
+
+from messaging.bench_figures import host
 
 CLIENT = "distinct_counter.cache.client.MasterReplicaClient"
 PREFIX = "bench_cache"
@@ -360,32 +361,9 @@ def profile_diff(
 
 def machine(servers: Servers) -> dict[str, Any]:
     """The machine and the versions the figures were measured with."""
-    import platform
-    from importlib import metadata
-
-    import django
-
-    memory = ""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            memory = f"{int(meminfo.readline().split()[1]) / 1024**2:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    versions: dict[str, str | None] = {}
-    for package in ("django-redis", "redis", "hiredis"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
     info = plain_cache(servers.master).client.get_client().info("server")
     return {
-        "nproc": os.cpu_count(),
-        "memory": memory,
-        "platform": platform.platform(),
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "django": django.get_version(),
-        **versions,
+        **host({p: p for p in ("django-redis", "redis", "hiredis")}),
         "redis_server": info.get("redis_version"),
         "redis_server_path": info.get("executable"),
     }

@@ -50,7 +50,7 @@ from distinct_counter.api import Counter, DistinctCount, counters
 from distinct_counter.counting.conf import conf
 from distinct_counter.testing.servers import exit_on_sigterm
 from messaging import bench_reads, bench_redis, bench_sql, bench_writes
-from messaging.bench_figures import Figure, figure, write_figures
+from messaging.bench_figures import Figure, figure, host, write_figures
 from messaging.models import Message, PlainMessage
 
 __all__ = ["Command", "Figure", "figure", "write_figures"]
@@ -73,36 +73,14 @@ TRANSACTION_SIZE, BULK_SIZE = 1000, 10_000
 
 def machine(redis_servers: list[dict[str, str]]) -> dict[str, Any]:
     """The machine and the versions the figures were measured with."""
-    import platform
-    from importlib import metadata
-
-    import django
     import redis.utils
 
-    memory = ""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            memory = f"{int(meminfo.readline().split()[1]) / 1024**2:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    versions: dict[str, str | None] = {}
-    for name, package in PACKAGES.items():
-        try:
-            versions[name] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
     return {
-        "nproc": os.cpu_count(),
-        "memory": memory,
-        "platform": platform.platform(),
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "django": django.get_version(),
+        **host(PACKAGES),
         "postgresql": bench_sql.server_settings("server_version")["server_version"],
         "postgresql_durability": bench_sql.server_settings(*PG_DURABILITY),
         "redis": redis_servers[0]["version"],
         "redis_servers": redis_servers,
-        **versions,
         "hiredis_parser": bool(redis.utils.HIREDIS_AVAILABLE),
     }
 
