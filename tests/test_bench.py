@@ -44,29 +44,36 @@ OVERHEADS = {"create() counted minus plain", "save() changing city, counted minu
 REDIS_BYTES = re.compile(r"Redis bytes per value \('(username|city)'\), Redis (\d+)\.\S+ \S+")
 
 
-def test_bench_writes_every_figure(tmp_path: Path) -> None:
-    """Both tables (durable and fast PostgreSQL), every figure measured in each."""
-    out = tmp_path / "bench.json"
+def run_command(tmp_path: Path, *args: str, timeout: int) -> str:
+    """Run a command of the example project as a user runs it, on its embedded defaults;
+    return its stdout."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(MANAGE),
-            "bench",
-            "--rows",
-            "2000",
-            "--repeat",
-            "2",
-            "--memory-scale",
-            "3",
-            "--json",
-            str(out),
-        ],
+        [sys.executable, str(MANAGE), *args],
         env=embedded_env(tmp_path / "data"),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_bench_writes_every_figure(tmp_path: Path) -> None:
+    """Both tables (durable and fast PostgreSQL), every figure measured in each."""
+    out = tmp_path / "bench.json"
+    stdout = run_command(
+        tmp_path,
+        "bench",
+        "--rows",
+        "2000",
+        "--repeat",
+        "2",
+        "--memory-scale",
+        "3",
+        "--json",
+        str(out),
+        timeout=600,
+    )
     results = json.loads(out.read_text())
     assert results["rows"] == 2000 and results["exact"] is True
     runs = {run["durability"]: run for run in results["runs"]}
@@ -81,9 +88,9 @@ def test_bench_writes_every_figure(tmp_path: Path) -> None:
         assert machine["redis-py"] and machine["django-redis"] and "hiredis" in machine
     # The same figures, as two tables on stdout, each under a header saying which.
     for name in FIGURES:
-        assert proc.stdout.count(name) == 2, name
-    assert "== durable PostgreSQL (fsync on" in proc.stdout
-    assert "== fast PostgreSQL (fsync off" in proc.stdout
+        assert stdout.count(name) == 2, name
+    assert "== durable PostgreSQL (fsync on" in stdout
+    assert "== fast PostgreSQL (fsync off" in stdout
 
 
 def check_figures(listed: list[dict[str, object]]) -> None:
@@ -118,27 +125,20 @@ def test_bench_cache_writes_every_figure(tmp_path: Path) -> None:
     figure and delay measured, the servers and their directory gone afterwards."""
     out = tmp_path / "bench_cache.json"
     trials = 5
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(MANAGE),
-            "bench_cache",
-            "--trials",
-            str(trials),
-            "--rounds",
-            "2",
-            "--ops",
-            "20",
-            "--profile",
-            "--json",
-            str(out),
-        ],
-        env=embedded_env(tmp_path / "data"),
-        capture_output=True,
-        text=True,
+    stdout = run_command(
+        tmp_path,
+        "bench_cache",
+        "--trials",
+        str(trials),
+        "--rounds",
+        "2",
+        "--ops",
+        "20",
+        "--profile",
+        "--json",
+        str(out),
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert (results["trials"], results["rounds"], results["ops"]) == (trials, 2, 20)
     figures = {f["name"]: f for f in results["figures"]}
@@ -165,6 +165,6 @@ def test_bench_cache_writes_every_figure(tmp_path: Path) -> None:
     assert machine["redis_server"] and machine["django-redis"] and machine["nproc"] >= 1
     # The same figures, as tables on stdout; the throwaway servers' directory is gone.
     for name in (*CACHE_FIGURES, *(d["name"] for d in delays.values())):
-        assert name in proc.stdout
-    root = re.search(r"two replicas in (\S+)", proc.stdout)
+        assert name in stdout
+    root = re.search(r"two replicas in (\S+)", stdout)
     assert root and not Path(root.group(1)).exists()
