@@ -38,7 +38,6 @@ sentinel asks a replica's ``INFO`` every 10 s: expect 10 to 20 s, not a second.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -48,7 +47,13 @@ from pathlib import Path
 import redis
 
 from distinct_counter.testing.reaper import temp_root
-from distinct_counter.testing.servers import RedisServer, ServerProcess, find_binary, free_port
+from distinct_counter.testing.servers import (
+    RedisServer,
+    ServerGroup,
+    ServerProcess,
+    find_binary,
+    free_port,
+)
 
 __all__ = ["SentinelGroup", "SentinelServer", "replication"]
 
@@ -166,7 +171,7 @@ def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
 
 
 @dataclass
-class SentinelGroup:
+class SentinelGroup(ServerGroup):
     """A Redis master, its replicas and the sentinels watching them, in ``root``.
 
     ``master`` and ``replicas`` are the roles at start: after a failover, ``wait_for_failover``
@@ -286,10 +291,3 @@ class SentinelGroup:
         """Sentinels first: stopped before the nodes, they fail nothing over."""
         yield from self.sentinels
         yield from reversed(self.nodes)
-
-    def stop(self, *, remove: bool = True) -> None:
-        for server in self.servers():
-            with contextlib.suppress(Exception):
-                server.stop()
-        if remove:
-            shutil.rmtree(self.root, ignore_errors=True)

@@ -346,8 +346,27 @@ class RedisServer(ServerProcess):
         return self
 
 
+class ServerGroup:
+    """Servers started together in one ``root`` directory, stopped together."""
+
+    root: Path
+
+    def servers(self) -> Iterator[PostgresServer | ServerProcess]:
+        """The servers, in the order to stop them."""
+        raise NotImplementedError
+
+    def stop(self, *, remove: bool = True) -> None:
+        """Stop every server (best effort: one failing stops no other), then delete
+        ``root`` unless ``remove`` is False."""
+        for server in self.servers():
+            with contextlib.suppress(Exception):
+                server.stop()
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
 @dataclass
-class Topology:
+class Topology(ServerGroup):
     """A PostgreSQL primary with a streaming replica, and a Redis master with replicas.
 
     Without a ``root``, they live in a new ``temp_root()``, deleted when this process is gone.
@@ -377,10 +396,3 @@ class Topology:
     def servers(self) -> Iterator[PostgresServer | RedisServer]:
         yield from self.redis_replicas
         yield from (self.redis_master, self.pg_replica, self.pg_primary)
-
-    def stop(self, *, remove: bool = True) -> None:
-        for server in self.servers():
-            with contextlib.suppress(Exception):
-                server.stop()
-        if remove:
-            shutil.rmtree(self.root, ignore_errors=True)
