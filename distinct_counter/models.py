@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from django.db import models, router, transaction
+from django.db import connections, models, router, transaction
 
 from distinct_counter.counting.handlers import (
     IN_UPDATE,
@@ -14,12 +14,13 @@ from distinct_counter.counting.handlers import (
     old_values,
     reads_in_update,
     set_old_values,
+    set_txid,
 )
 from distinct_counter.counting.queryset import CountedManager
 from distinct_counter.counting.registry import touched
 from distinct_counter.counting.rows import lock_absent, locked_row
 from distinct_counter.counting.state import CounterState
-from distinct_counter.counting.statements import update_returning_old
+from distinct_counter.counting.statements import insert_returning_txid, update_returning_old
 
 __all__ = ["CountedModel", "CounterState"]
 
@@ -88,19 +89,36 @@ class CountedModel(models.Model):
             with transaction.atomic(using=using, savepoint=False):
                 set_old_values(self, counters, locked_row(type(self), using, pk_val, counters))
                 return super()._do_update(*args)
-        old = update_returning_old(base_qs, pk_val, values, counters)
-        set_old_values(self, counters, old)
-        if old is None:  # no such row: Django inserts one (see _do_insert)
+        returned = update_returning_old(base_qs, pk_val, values, counters)
+        if returned is None:  # no such row: Django inserts one (see _do_insert)
+            set_old_values(self, counters, None)
             return [] if rest else False
+        set_old_values(self, counters, returned[0])
+        set_txid(self, returned[1])
         return [()] if rest else True
 
-    def _do_insert(self, manager: Any, using: str, fields: Any, *args: Any) -> Any:
-        """Django's INSERT of a save; after an UPDATE that found no row, with the row's
-        absence locked first, as every insert of an explicit pk takes it
+    def _do_insert(
+        self, manager: Any, using: str, fields: Any, returning_fields: Any, raw: bool
+    ) -> Any:
+        """Django's INSERT of a save, returning also its transaction's id on PostgreSQL
+        (``statements.insert_returning_txid``); after an UPDATE that found no row, with the
+        row's absence locked first, as every insert of an explicit pk takes it
         (``rows.lock_absent``)."""
         stash = old_values(self)
+        insert = (
+            self._insert_returning_txid
+            if stash is not None and connections[using].vendor == "postgresql"
+            else super()._do_insert  # type: ignore[misc]
+        )
         if stash is None or stash[1] is not None or self._state.adding:
-            return super()._do_insert(manager, using, fields, *args)  # type: ignore[misc]
+            return insert(manager, using, fields, returning_fields, raw)
         with transaction.atomic(using=using, savepoint=False):
             lock_absent(type(self), using, [self.pk])
-            return super()._do_insert(manager, using, fields, *args)  # type: ignore[misc]
+            return insert(manager, using, fields, returning_fields, raw)
+
+    def _insert_returning_txid(
+        self, manager: Any, using: str, fields: Any, returning_fields: Any, raw: bool
+    ) -> Any:
+        rows, txid = insert_returning_txid(manager, using, fields, returning_fields, raw, self)
+        set_txid(self, txid)
+        return rows

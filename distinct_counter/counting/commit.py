@@ -38,11 +38,13 @@ class _Batch:
     def __init__(self) -> None:
         self.deltas: Deltas = {}
         self.marks: Marks = {}
+        #: The transaction's id, once a write with deltas asked for it (:func:`record`).
+        self.txid: str | None = None
 
     def __call__(self) -> None:
         deltas, self.deltas = self.deltas, {}
         marks, self.marks = self.marks, {}
-        _send(deltas, marks)
+        _send(deltas, marks, self.txid)
 
 
 class _Part:
@@ -57,7 +59,7 @@ class _Part:
             self.batch.marks.update(self.marks)
 
 
-def _send(deltas: Deltas, marks: Marks) -> None:
+def _send(deltas: Deltas, marks: Marks, txid: str | None) -> None:
     for reason in dict.fromkeys(marks.values()):
         counters = [c for c, why in marks.items() if why == reason]
         logger.warning(
@@ -66,20 +68,23 @@ def _send(deltas: Deltas, marks: Marks) -> None:
             reason,
         )
         stale.mark(counters, reason)
-    _deltas.send(deltas)
+    _deltas.send(deltas, txid)
 
 
-def _on_commit(using: str, deltas: Deltas, marks: Marks) -> None:
+def _on_commit(using: str, deltas: Deltas, marks: Marks, txid: str | None = None) -> None:
     conn = connections[using]
     if not conn.in_atomic_block:
-        _send(deltas, marks)
+        _send(deltas, marks, txid)
         return
     hooks: list[Any] = conn.run_on_commit  # Django's (savepoint ids, func, robust) entries
     at = next((i for i, hook in enumerate(hooks) if isinstance(hook[1], _Batch)), None)
     if at is None:
         at = 0
         hooks.insert(0, (set(), _Batch(), False))
-    elif at and isinstance(hooks[at - 1][1], _Part) and hooks[at - 1][0] == set(conn.savepoint_ids):
+    batch: _Batch = hooks[at][1]
+    if batch.txid is None and any(deltas.values()):
+        batch.txid = txid or current_txid(conn)
+    if at and isinstance(hooks[at - 1][1], _Part) and hooks[at - 1][0] == set(conn.savepoint_ids):
         # The previous write's part, under the same savepoints (so dropped with exactly the
         # same rollbacks): one part per savepoint, not per write, however many writes.
         last: _Part = hooks[at - 1][1]
@@ -92,10 +97,22 @@ def _on_commit(using: str, deltas: Deltas, marks: Marks) -> None:
     part.batch = hooks[at + 1][1]
 
 
-def record(using: str, deltas: Deltas) -> None:
+def current_txid(conn: Any) -> str | None:
+    """The id of the transaction open on ``conn`` (PostgreSQL; None elsewhere): one query,
+    for the writes whose own statement could not return it."""
+    if conn.vendor != "postgresql":
+        return None
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_current_xact_id()::text")
+        return str(cur.fetchone()[0])
+
+
+def record(using: str, deltas: Deltas, txid: str | None = None) -> None:
     """Send ``deltas`` to Redis when the current transaction on ``using`` commits (at once
-    outside a transaction)."""
-    _on_commit(using, deltas, {})
+    outside a transaction), with the transaction's id: ``txid`` when the write's statement
+    returned it (:mod:`~distinct_counter.counting.statements`), else read here, once per
+    transaction (PostgreSQL)."""
+    _on_commit(using, deltas, {}, txid)
 
 
 def stale_on_commit(using: str, counters: Sequence[Counter], reason: str) -> None:

@@ -72,8 +72,10 @@ def between(
     return deltas
 
 
-def send(deltas: Deltas) -> None:
-    """Send the deltas of one committed transaction to Redis in one command (one round trip).
+def send(deltas: Deltas, txid: str | None = None) -> None:
+    """Send the deltas of one committed transaction to Redis in one command (one round trip),
+    with the transaction's id (PostgreSQL's ``pg_current_xact_id()``) where it is known: a
+    counter rebuilt from a snapshot that saw the transaction skips its deltas.
 
     Never raises for a Redis failure unless ``ON_ERROR`` is ``"raise"``: the counters that
     missed the write are marked stale (in Redis when it is back, and durably in the database).
@@ -87,7 +89,7 @@ def send(deltas: Deltas) -> None:
     error: BaseException | None = None
     if gate.allow():
         keys: list[str] = []
-        args: list[Any] = []
+        args: list[Any] = [txid or ""]
         for counter, values in deltas.items():
             keys += counter.hot_keys()
             args.append(len(values))

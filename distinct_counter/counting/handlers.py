@@ -33,6 +33,8 @@ from distinct_counter.counting.rows import canonical_pk, locked_row
 IN_UPDATE = object()
 
 _OLD = "_distinct_counter_old"
+#: The id of the transaction that saved the instance, when its INSERT or UPDATE returned it.
+_TXID = "_distinct_counter_txid"
 #: The rows a running delete collector has sent ``pre_delete`` for, on the collector.
 _SEEN = "_distinct_counter_seen"
 
@@ -123,10 +125,17 @@ def set_old_values(instance: models.Model, counters: tuple[Counter, ...], old: A
     instance.__dict__[_OLD] = (counters, old)
 
 
+def set_txid(instance: models.Model, txid: str) -> None:
+    """Keep the id of the transaction saving ``instance``, as its statement returned it,
+    for the post_save handler (``commit.record``)."""
+    instance.__dict__[_TXID] = txid
+
+
 def handle_post_save(
     sender: type[models.Model], instance: models.Model, using: str, created: bool, **kwargs: Any
 ) -> None:
     stash = instance.__dict__.pop(_OLD, None)
+    txid = instance.__dict__.pop(_TXID, None)
     if stash is None:
         return
     counters, old = stash
@@ -143,7 +152,7 @@ def handle_post_save(
         stored.get(c) if c in unknown or c in below else getattr(instance, c.attname)
         for c in counters
     )
-    record(using, deltas.between(counters, None if created else old, new))
+    record(using, deltas.between(counters, None if created else old, new), txid)
 
 
 def handle_pre_delete(

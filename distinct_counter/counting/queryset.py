@@ -187,10 +187,11 @@ class CountedQuerySet(models.QuerySet[Any]):
         base = self.model._base_manager.using(self.db)
         deltas: Deltas = {}
         rows = 0
+        txid = None
         with transaction.atomic(using=self.db, savepoint=False):
             rest: CountedQuerySet | None = self
             if not unknown and self._one_table():
-                rows, deltas, skipped = update_returning(self, kwargs, direct)
+                rows, deltas, skipped, txid = update_returning(self, kwargs, direct)
                 for c in direct:
                     tally_counts(deltas, c, [(given[c], rows)], 1)
                 # Rows changed by another writer meanwhile: again, locked.
@@ -215,7 +216,7 @@ class CountedQuerySet(models.QuerySet[Any]):
                         for c in [*direct, *below]
                     ]
                     merge(deltas, between([*direct, *below], old, new))
-            record(self.db, deltas)
+            record(self.db, deltas, txid)
         return rows
 
     def _one_table(self) -> bool:
@@ -244,8 +245,8 @@ class CountedQuerySet(models.QuerySet[Any]):
             query.query.select_for_update = False
             query.query.select_related = False
             query.query.clear_ordering(force=True)
-            deleted, deltas = delete_returning(query, counters)
-            record(self.db, deltas)
+            deleted, deltas, txid = delete_returning(query, counters)
+            record(self.db, deltas, txid)
             self._result_cache = None
             return deleted, ({self.model._meta.label: deleted} if deleted else {})
         with transaction.atomic(using=self.db, savepoint=False):

@@ -18,7 +18,15 @@ from distinct_counter.counting import stale
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.registry import Counter
 from distinct_counter.counting.scan import grouped_chunks, grouped_counts
-from distinct_counter.counting.scripts import RELEASE, SET_COUNTS, SWAP, run_script
+from distinct_counter.counting.scripts import (
+    ADD_COUNTS,
+    PUBLISH,
+    RELEASE,
+    SET_COUNTS,
+    SWAP,
+    execute,
+    run_script,
+)
 from distinct_counter.counting.state import CounterState
 from distinct_counter.exceptions import RebuildInProgress
 
@@ -53,20 +61,26 @@ def rebuild(
 
     The values are aggregated in the database and streamed into a temporary key in batches
     of ``REBUILD_BATCH_SIZE``, which replaces the live key atomically (``RENAME``; the old
-    one is freed by ``UNLINK``). Writers journal the values they touch meanwhile; those are
-    recounted from the primary database after the swap, until no write has touched the
-    counter for ``REBUILD_GRACE`` seconds, so a write that commits during the rebuild is
-    neither lost nor counted twice.
+    one is freed by ``UNLINK``). A write reaches Redis just after its transaction commits,
+    so what matters for each write arriving during the rebuild is whether the scan saw it.
 
-    Why a pause is needed: a write reaches Redis just after its transaction commits, so a
-    recount cannot tell, for a write that lands right after it read the database, whether
-    the database's answer already included that write. A value is settled once no write
-    touched it for ``REBUILD_GRACE`` (longer than any commit-to-Redis delay) around its
-    recount. Values written more often than that (the hottest ones) are recounted, after
-    ``REBUILD_SETTLE`` seconds, with the table's writes paused for about ``REBUILD_GRACE``
-    (a ``SHARE`` lock on PostgreSQL); where that is not possible the result says
-    ``settled=False`` and the counts of those values may be off by the writes in flight,
-    which ``rebuild_counts --check`` at a quieter time shows.
+    On a PostgreSQL primary this is known exactly, by transaction id. The scan reads one
+    snapshot (``REPEATABLE READ``), published to Redis before it runs; every write sends its
+    transaction's id with its deltas (``scripts.APPLY``), and those the snapshot did not see
+    are added to the counter being built. The new counter keeps the snapshot: a write the
+    scan saw is never applied on top of it, however late it reaches Redis. The rebuild ends
+    at the swap, with no wait.
+
+    Elsewhere (a replica, whose snapshots do not list the transactions in progress; SQLite;
+    a scan inside a transaction), writers journal the values they touch, recounted from the
+    primary database after the swap until no write has touched them for ``REBUILD_GRACE``
+    seconds, longer than any commit-to-Redis delay is assumed to be: a recount cannot tell
+    whether a write landing right after it read the database was one it saw. Values written
+    more often than that (the hottest ones) are recounted, after ``REBUILD_SETTLE`` seconds,
+    with the table's writes paused for about ``REBUILD_GRACE`` (a ``SHARE`` lock on
+    PostgreSQL); where that is not possible the result says ``settled=False`` and the counts
+    of those values may be off by the writes in flight, which ``rebuild_counts --check`` at
+    a quieter time shows.
 
     :raises RebuildInProgress: another rebuild of this counter is running.
     """
@@ -79,29 +93,38 @@ def rebuild(
     lock_key, token = counter.key("lock"), uuid.uuid4().hex
     if not client.set(lock_key, token, nx=True, px=_TTL_MS):
         raise RebuildInProgress(f"another rebuild of {counter.label} is running")
-    journal, journal_on, tmp = (counter.key(p) for p in ("journal", "journal_on", "tmp"))
+    keys = [counter.key(p) for p in ("journal", "journal_on", "tmp", "pending")]
+    journal, journal_on, tmp, _ = keys
+    exact = _reads_snapshots(using)
     try:
-        client.delete(journal, tmp)
-        client.set(journal_on, "1", px=_TTL_MS)
+        client.delete(journal, tmp, keys[3])
+        # From here on writers say what the scan needs of them (scripts.APPLY).
+        client.set(journal_on, "" if exact else "*", px=_TTL_MS)
         # Every write committed after this moment may be missing from the scan (on a replica,
         # _wait_for_replay makes the scan see everything committed before it).
         snapshot = _server_time(client)
         _wait_for_replay(using, primary)
-        rows, values, scanned = _scan(counter, client, using, progress)
+        rows, values, scanned, seen = _scan(counter, client, using, progress, exact)
         swapped = _as_seconds(
             run_script(
-                client, SWAP, [tmp, counter.key("values"), counter.key("meta")], [time.time(), rows]
+                client,
+                SWAP,
+                [tmp, counter.key("values"), counter.key("meta"), journal_on],
+                [time.time(), rows, seen or ""],
             )
         )
         if progress:
             progress(counter, rows, values)
-        recounted, settled = _recount_journal(counter, client, primary, snapshot, scanned, swapped)
+        # With a snapshot, only writes that sent no transaction id are journaled: recounted
+        # if there are any, with no wait for writes in flight otherwise.
+        first_end = swapped if seen else max(swapped, scanned + conf.REBUILD_GRACE)
+        recounted, settled = _recount_journal(counter, client, primary, snapshot, first_end)
         client.delete(journal_on, journal)
     except BaseException:
         # Writers stop journaling for a rebuild that will not recount; the next one starts
         # afresh. Best effort: Redis may be what failed.
         with contextlib.suppress(*REDIS_ERRORS):
-            client.delete(journal_on, journal, tmp)
+            client.delete(*keys)
         raise
     finally:
         with contextlib.suppress(*REDIS_ERRORS):
@@ -119,11 +142,25 @@ def rebuild(
     return RebuildResult(counter, rows, values, recounted, time.monotonic() - started, settled)
 
 
+def _reads_snapshots(using: str) -> bool:
+    """Whether a scan of ``using`` can read one snapshot that names the transactions it
+    saw: a PostgreSQL primary (a hot standby's ``pg_current_snapshot()`` lists no
+    transaction in progress), outside any transaction (whose own writes, and snapshot per
+    statement, the scan would share)."""
+    connection = connections[using]
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return False
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_is_in_recovery()")
+        return not cur.fetchone()[0]
+
+
 def _scan(
-    counter: Counter, client: Any, using: str, progress: Progress | None
-) -> tuple[int, int, float]:
+    counter: Counter, client: Any, using: str, progress: Progress | None, exact: bool
+) -> tuple[int, int, float, str | None]:
     """Stream the database's counts into the counter's ``tmp`` key; return the rows and
-    values stored, and the server time by which the scan's snapshot was taken.
+    values stored, the server time by which the scan's snapshot was taken and, if
+    ``exact``, that snapshot (published before the scan, ``scripts.PUBLISH``).
 
     Redis stores one batch while the database streams the next: a rebuild takes about the
     longer of the two, not their sum. One batch in flight keeps memory flat.
@@ -131,13 +168,15 @@ def _scan(
     tmp, lock_key, journal_on = (counter.key(p) for p in ("tmp", "lock", "journal_on"))
 
     def store(batch: dict[str, int]) -> None:
-        client.pipeline(transaction=False).hset(tmp, mapping=batch).pexpire(
-            lock_key, _TTL_MS
-        ).pexpire(journal_on, _TTL_MS).execute()
+        pipe = client.pipeline(transaction=False)
+        run_script(pipe, ADD_COUNTS, [tmp], [x for pair in batch.items() for x in pair])
+        execute(pipe.pexpire(lock_key, _TTL_MS).pexpire(journal_on, _TTL_MS))
 
     rows = values = 0
     with contextlib.ExitStack() as stack:
-        scanned = _pin_snapshot(using, client, stack)
+        scanned, seen = _pin_snapshot(using, client, stack, exact)
+        if seen is not None:
+            run_script(client, PUBLISH, [journal_on, counter.key("pending"), tmp], [seen])
         writer = stack.enter_context(
             ThreadPoolExecutor(1, thread_name_prefix="distinct_counter-rebuild")
         )
@@ -156,24 +195,29 @@ def _scan(
                 progress(counter, rows, values)
         if stored is not None:
             stored.result()
-    return rows, values, _server_time(client) if scanned is None else scanned
+    return rows, values, _server_time(client) if scanned is None else scanned, seen
 
 
-def _pin_snapshot(using: str, client: Any, stack: contextlib.ExitStack) -> float | None:
+def _pin_snapshot(
+    using: str, client: Any, stack: contextlib.ExitStack, exact: bool
+) -> tuple[float | None, str | None]:
     """On PostgreSQL outside a transaction, open the scan's transaction (``REPEATABLE
     READ``: the GROUP BY reads the snapshot of its first statement) and return the server
-    time by which that snapshot was taken: a bound known before the scan runs, so the
-    wait for writes in flight (``REBUILD_GRACE``) runs along with the scan, not after it.
-    Elsewhere None: the first rows the scan returns bound it.
+    time by which that snapshot was taken, a bound known before the scan runs (so the wait
+    for writes in flight, ``REBUILD_GRACE``, runs along with the scan, not after it); and,
+    if ``exact``, the snapshot (``pg_current_snapshot()``). Elsewhere (None, None): the
+    first rows the scan returns bound it.
     """
     connection = connections[using]
     if connection.vendor != "postgresql" or connection.in_atomic_block:
-        return None
+        return None, None
     stack.enter_context(transaction.atomic(using=using))
     with connection.cursor() as cur:
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        cur.execute("SELECT 1")  # the snapshot is taken here
-    return _server_time(client)
+        # The snapshot is taken here.
+        cur.execute("SELECT pg_current_snapshot()::text" if exact else "SELECT NULL")
+        seen = cur.fetchone()[0]
+    return _server_time(client), seen
 
 
 def _server_time(client: Any) -> float:
@@ -186,7 +230,7 @@ def _as_seconds(t: Any) -> float:
 
 
 def _recount_journal(
-    counter: Counter, client: Any, primary: str, snapshot: float, scanned: float, swapped: float
+    counter: Counter, client: Any, primary: str, snapshot: float, first_end: float
 ) -> tuple[int, bool]:
     """Recount, from the primary, the values that writers touched since the rebuild began.
 
@@ -194,10 +238,11 @@ def _recount_journal(
     read from the database until ``REBUILD_GRACE`` seconds after the count was stored: a
     write landing in that window may be one the read already saw (its transaction committed
     before the database took its snapshot, somewhere before the count was stored) or one it
-    missed. The scan is such a read for every value: it took its snapshot between
-    ``snapshot`` and ``scanned``, and a write it saw that lands after the swap lands before
-    ``scanned + REBUILD_GRACE`` (a scan longer than the grace needs no wait at all after the
-    swap); each recount is such a read for the values it reads. Values touched inside their
+    missed. The scan is such a read for every value: it took its snapshot after
+    ``snapshot``, and a write it saw lands before ``first_end``: the swap, or ``REBUILD_GRACE``
+    after the snapshot was taken if that is later (a scan longer than the grace needs no
+    wait after the swap; a scan by snapshot none, its writes being known by transaction id);
+    each recount is such a read for the values it reads. Values touched inside their
     window are recounted again; values touched after it are left alone, so the recount ends even
     while writers keep writing, unless they touch some value more often than the grace.
     All times are the Redis server's, so writers and the rebuild share one clock. Returns
@@ -206,7 +251,7 @@ def _recount_journal(
     grace = conf.REBUILD_GRACE
     give_up = time.monotonic() + conf.REBUILD_SETTLE
     journal = counter.key("journal")
-    first_window = (snapshot, max(swapped, scanned + grace))
+    first_window = (snapshot, first_end)
     windows: dict[str, tuple[float, float]] = {}
     last_end = first_window[1]
     recounted = 0

@@ -23,44 +23,109 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
-# KEYS: values, meta, journal_on, journal of each counter, four by four. ARGV: for each
-# counter, its number of values, then value, delta, value, delta... All the counters of one
-# committed transaction in one command, so a write costs one round trip and no pipeline.
-# Deltas are applied only to a built counter (meta exists), so a counter never built does not
-# fill up with partial data. A count that reaches 0 is removed; a negative one is kept, since
-# the matching increment of a transaction that committed earlier may still be on its way.
-# While a rebuild runs (journal_on), the values touched are journaled for its recount, with
-# the server time of their first touch since the rebuild last took them (ZADD NX).
-APPLY = Script("""
-local at = 1
-for k = 1, #KEYS, 4 do
-  local built = redis.call('EXISTS', KEYS[k + 1]) == 1
-  local journal = redis.call('EXISTS', KEYS[k + 2]) == 1
+# Lua: whether transaction ``txid`` (decimal text) had committed for ``snapshot``, PostgreSQL's
+# ``pg_current_snapshot()`` as text, ``xmin:xmax:xip,xip...``: below xmin, or below xmax
+# and not listed as in progress. Transaction ids fit Lua's doubles exactly (below 2^53).
+_VISIBLE = """
+local function visible(snapshot, txid)
+  local xmin, xmax, xip = string.match(snapshot, '^(%d+):(%d+):(.*)$')
+  local x = tonumber(txid)
+  if x < tonumber(xmin) then return true end
+  if x >= tonumber(xmax) then return false end
+  return string.find(',' .. xip .. ',', ',' .. txid .. ',', 1, true) == nil
+end
+local function add(key, value, delta)
+  if redis.call('HINCRBY', key, value, delta) == 0 then redis.call('HDEL', key, value) end
+end
+"""
+
+# KEYS: values, meta, journal_on, journal, tmp, pending of each counter, six by six (the
+# counter's ``hot_keys``). ARGV: the writing transaction's id ('' where the database has
+# none to give), then for each counter its number of values, then value, delta, value,
+# delta... All the counters of one committed transaction in one command, so a write costs
+# one round trip and no pipeline.
+# Deltas are applied only to a built counter (meta exists), and not when the snapshot the
+# counter was built from (meta 'snapshot') already saw the transaction: a write that reaches
+# Redis after a rebuild that counted it is not counted twice, however late it comes. A
+# count that reaches 0 is removed; a negative one is kept, since the matching increment of
+# a transaction that committed earlier may still be on its way.
+# While a rebuild runs, journal_on says what it needs of a write:
+#   '*'       the values touched, with the server time of their first touch since the
+#             rebuild last took them (ZADD NX), for its recount (no snapshot to go by);
+#   ''        its scan's snapshot is not known yet: the write itself, in 'pending';
+#   snapshot  the deltas its scan did not see, added to the counter it builds (tmp);
+#   '?'       after its swap: nothing, but for writes with no transaction id.
+# A write with no transaction id is journaled for the recount whatever the mode.
+APPLY = Script(
+    _VISIBLE
+    + """
+local txid = ARGV[1]
+local at = 2
+for k = 1, #KEYS, 6 do
+  local apply = redis.call('EXISTS', KEYS[k + 1]) == 1
+  if apply and txid ~= '' then
+    local built_from = redis.call('HGET', KEYS[k + 1], 'snapshot')
+    if built_from and visible(built_from, txid) then apply = false end
+  end
+  local mode = redis.call('GET', KEYS[k + 2])
+  local recount = mode and (txid == '' or mode == '*')
+  local building = mode and not recount and mode ~= '?' and mode ~= ''
+    and not visible(mode, txid)
   local now
-  if journal then
+  if recount then
     local t = redis.call('TIME')
     now = t[1] .. '.' .. string.format('%06d', t[2])
   end
   local last = at + 2 * tonumber(ARGV[at])
   for i = at + 1, last, 2 do
-    if built then
-      if redis.call('HINCRBY', KEYS[k], ARGV[i], ARGV[i + 1]) == 0 then
-        redis.call('HDEL', KEYS[k], ARGV[i])
-      end
-    end
-    if journal then redis.call('ZADD', KEYS[k + 3], 'NX', now, ARGV[i]) end
+    if apply then add(KEYS[k], ARGV[i], ARGV[i + 1]) end
+    if recount then redis.call('ZADD', KEYS[k + 3], 'NX', now, ARGV[i])
+    elseif mode == '' then redis.call('RPUSH', KEYS[k + 5], txid, ARGV[i], ARGV[i + 1])
+    elseif building then add(KEYS[k + 4], ARGV[i], ARGV[i + 1]) end
   end
   at = last + 1
 end
 return 0
-""")
+"""
+)
 
-# KEYS: tmp, values, meta. ARGV: built_at, rows. The atomic swap at the end of a rebuild.
+# KEYS: journal_on, pending, tmp. ARGV: the scan's snapshot. Makes it the rebuild's mode
+# (see APPLY) and adds to tmp the pending writes it did not see.
+PUBLISH = Script(
+    _VISIBLE
+    + """
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+local pending = redis.call('LRANGE', KEYS[2], 0, -1)
+for i = 1, #pending, 3 do
+  if not visible(ARGV[1], pending[i]) then add(KEYS[3], pending[i + 1], pending[i + 2]) end
+end
+redis.call('DEL', KEYS[2])
+return 0
+"""
+)
+
+# KEYS: tmp. ARGV: value, count... The scan's counts, added to the deltas of the writes it
+# did not see.
+ADD_COUNTS = Script(
+    _VISIBLE
+    + """
+for i = 1, #ARGV, 2 do add(KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 0
+"""
+)
+
+# KEYS: tmp, values, meta, journal_on. ARGV: built_at, rows, the scan's snapshot ('' when
+# it has none). The atomic swap at the end of a rebuild.
 SWAP = Script("""
 redis.call('UNLINK', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) end
 redis.call('HSET', KEYS[3], 'state', 'ok', 'built_at', ARGV[1], 'rows', ARGV[2])
 redis.call('HDEL', KEYS[3], 'stale_since')
+if ARGV[3] == '' then redis.call('HDEL', KEYS[3], 'snapshot')
+else
+  redis.call('HSET', KEYS[3], 'snapshot', ARGV[3])
+  redis.call('SET', KEYS[4], '?', 'XX', 'KEEPTTL')
+end
 return redis.call('TIME')
 """)
 
@@ -91,7 +156,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """)
 
-SCRIPTS = [APPLY, SWAP, SET_COUNTS, MARK_STALE, RELEASE]
+SCRIPTS = [APPLY, PUBLISH, ADD_COUNTS, SWAP, SET_COUNTS, MARK_STALE, RELEASE]
 
 
 def call(client: redis.Redis, script: Script, keys: list[str], args: list[Any]) -> Any:

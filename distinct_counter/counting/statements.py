@@ -3,7 +3,9 @@
 Django's compiler builds the ``SET`` of the UPDATE, as for any ``save()`` or ``update()``;
 the rest of the statement is ours: a ``FROM`` that reads the old values (locked), a
 ``RETURNING`` that hands them back, or a pk list bound as one array. A write then costs the
-statement it costs anyway, not a SELECT, a BEGIN and a COMMIT more.
+statement it costs anyway, not a SELECT, a BEGIN and a COMMIT more. Each also returns its
+transaction's id (``pg_current_xact_id()``, :data:`TXID`), which a rebuild checks against
+its scan's snapshot (``scripts.APPLY``).
 """
 
 from __future__ import annotations
@@ -13,10 +15,37 @@ from typing import Any
 
 from django.core.exceptions import EmptyResultSet
 from django.db import connections, models
-from django.db.models.sql import DeleteQuery, UpdateQuery
+from django.db.models.sql import DeleteQuery, InsertQuery, UpdateQuery
 
 from distinct_counter.counting.deltas import Deltas, tally_counts
 from distinct_counter.counting.registry import Counter
+
+#: The writing transaction's id, as text (the top-level one, even in a savepoint).
+TXID = "pg_current_xact_id()::text"
+
+
+def insert_returning_txid(
+    manager: Any, using: str, fields: Any, returning_fields: Any, raw: bool, obj: Any
+) -> tuple[list[Any], str]:
+    """Django's INSERT of a ``save()`` (``Model._do_insert``), returning also its
+    transaction's id: ``(rows, txid)``, ``rows`` as Django's own INSERT returns them.
+
+    Django's compiler builds and runs the statement, and reads what it returns; only
+    :data:`TXID` is added to its ``RETURNING`` (which then always names the pk, so that
+    there is one), and taken off the row it returns."""
+    query = InsertQuery(manager.model)
+    query.insert_values(fields, [obj], raw=raw)
+    compiler = query.get_compiler(using=using)
+    as_sql = compiler.as_sql
+
+    def with_txid() -> list[tuple[str, Any]]:
+        [(sql, params)] = as_sql()
+        return [(f"{sql}, {TXID}", params)]
+
+    compiler.as_sql = with_txid
+    [row] = compiler.execute_sql(list(returning_fields or ()) or [manager.model._meta.pk])
+    *values, txid = row
+    return ([tuple(values)] if returning_fields else []), txid
 
 
 def _set_clause(
@@ -36,10 +65,10 @@ def _set_clause(
 
 def update_returning_old(
     base_qs: models.QuerySet[Any], pk: Any, values: list[Any], counters: Sequence[Counter]
-) -> tuple[Any, ...] | None:
+) -> tuple[tuple[Any, ...], str] | None:
     """Run the UPDATE of a ``save()`` (Django's ``values``: (field, model, value) triples)
-    on the row ``pk``, and return the values ``counters`` had in the row it overwrote, or
-    None when no row matched (no UPDATE happened). PostgreSQL only.
+    on the row ``pk``, and return the values ``counters`` had in the row it overwrote, with
+    the transaction's id; None when no row matched (no UPDATE happened). PostgreSQL only.
 
     One statement, in the save's own transaction or in autocommit, with no round trip of
     its own: ``UPDATE t SET ... FROM (SELECT ... FOR UPDATE) AS old ... RETURNING old.*``.
@@ -60,16 +89,17 @@ def update_returning_old(
         f"{set_sql} FROM (SELECT r.{key} AS _dc_pk, {picked} "
         f"FROM {table} AS r WHERE r.{key} = %s FOR UPDATE) AS _dc_old "
         f"WHERE {table}.{key} = _dc_old._dc_pk "
-        f"RETURNING {', '.join(f'_dc_old._dc_{i}' for i in range(len(columns)))}"
+        f"RETURNING {', '.join(f'_dc_old._dc_{i}' for i in range(len(columns)))}, {TXID}"
     )
     with connection.cursor() as cur:
         cur.execute(sql, [*params, meta.pk.get_db_prep_value(pk, connection)])
         row = cur.fetchone()
     if row is None:
         return None
+    *old, txid = row
     return tuple(
-        _from_db([value], c, connection)[0] for c, value in zip(counters, row, strict=True)
-    )
+        _from_db([value], c, connection)[0] for c, value in zip(counters, old, strict=True)
+    ), txid
 
 
 def _from_db(values: Sequence[Any], counter: Counter, connection: Any) -> list[Any]:
@@ -110,25 +140,26 @@ def update_pks(base_qs: models.QuerySet[Any], kwargs: dict[str, Any], pks: list[
 
 def delete_returning(
     queryset: models.QuerySet[Any], counters: Sequence[Counter]
-) -> tuple[int, Deltas]:
+) -> tuple[int, Deltas, str | None]:
     """Delete the rows of ``queryset`` (of one table, with nothing for Django's collector to
     do) in one ``DELETE ... RETURNING``, and return how many rows went and the deltas of
     ``counters``: the values of the rows the statement itself deleted, grouped in the
     database (``WITH gone AS (DELETE ... RETURNING ...) SELECT ..., count(*) ... GROUP
-    BY``), so no row is read, locked or sent twice."""
+    BY``), so no row is read, locked or sent twice; and the transaction's id (None when no
+    row went)."""
     query: Any = queryset.query.clone()
     query.__class__ = DeleteQuery  # as Django's own QuerySet._raw_delete()
     connection = connections[queryset.db]
     try:
         delete_sql, params = query.get_compiler(queryset.db).as_sql()
     except EmptyResultSet:  # .none(), or a filter that matches nothing by construction
-        return 0, {}
+        return 0, {}, None
     qn = connection.ops.quote_name
     columns = list(dict.fromkeys(qn(str(c.field.column)) for c in counters))
     listed = ", ".join(columns)
     sql = (
         f"WITH _dc_gone AS ({delete_sql} RETURNING {listed}) "
-        f"SELECT {listed}, count(*) FROM _dc_gone GROUP BY {listed}"
+        f"SELECT {listed}, {TXID}, count(*) FROM _dc_gone GROUP BY {listed}"
     )
     with connection.cursor() as cur:
         cur.execute(sql, params)
@@ -138,16 +169,16 @@ def delete_returning(
         at = columns.index(qn(str(c.field.column)))
         values = _from_db([g[at] for g in groups], c, connection)
         tally_counts(deltas, c, zip(values, (g[-1] for g in groups), strict=True), -1)
-    return sum(g[-1] for g in groups), deltas
+    return sum(g[-1] for g in groups), deltas, (groups[0][-2] if groups else None)
 
 
 def update_returning(
     queryset: models.QuerySet[Any], kwargs: dict[str, Any], counters: Sequence[Counter]
-) -> tuple[int, Deltas, list[Any]]:
+) -> tuple[int, Deltas, list[Any], str | None]:
     """``queryset.update(**kwargs)`` of a model with no multi-table parent, in one
     statement that also returns the old values of ``counters`` in the rows it updated,
     grouped in the database. Returns the rows updated, their old values' deltas (-1 per
-    row) and the pks it skipped.
+    row), the pks it skipped and the transaction's id (None when no row was updated).
 
     No row is locked before the UPDATE: the rows are read (``_dc_old``) and updated
     (``_dc_new``) by the statement's one snapshot, joined on their ``ctid``, the address
@@ -165,7 +196,7 @@ def update_returning(
     try:
         inner, inner_params = queryset.order_by().values("pk").query.get_compiler(db).as_sql()
     except EmptyResultSet:
-        return 0, {}, []
+        return 0, {}, [], None
     set_sql, set_params = _set_clause(queryset.model, db, kwargs)
     columns = list(dict.fromkeys(qn(str(c.field.column)) for c in counters))
     old = ", ".join(f"o.{c}" for c in columns)
@@ -174,9 +205,9 @@ def update_returning(
         f"{', '.join(f'r.{c}' for c in columns)} FROM {table} AS r WHERE r.{key} IN ({inner})), "
         f"_dc_new AS ({set_sql} FROM _dc_old WHERE {table}.ctid = _dc_old._dc_tid "
         f"RETURNING _dc_old._dc_pk) "
-        f"SELECT false, {old}, count(*), NULL FROM _dc_old AS o "
+        f"SELECT false, {old}, {TXID}, count(*), NULL FROM _dc_old AS o "
         f"WHERE o._dc_pk IN (SELECT _dc_pk FROM _dc_new) GROUP BY {old} "
-        f"UNION ALL SELECT true, {', '.join('NULL' for _ in columns)}, 0, o._dc_pk "
+        f"UNION ALL SELECT true, {', '.join('NULL' for _ in columns)}, NULL, 0, o._dc_pk "
         f"FROM _dc_old AS o WHERE o._dc_pk NOT IN (SELECT _dc_pk FROM _dc_new)"
     )
     with connection.cursor() as cur:
@@ -188,4 +219,5 @@ def update_returning(
         at = columns.index(qn(str(c.field.column))) + 1
         values = _from_db([g[at] for g in groups], c, connection)
         tally_counts(deltas, c, zip(values, (g[-2] for g in groups), strict=True), -1)
-    return sum(g[-2] for g in groups), deltas, [r[-1] for r in rows if r[0]]
+    txid = groups[0][-3] if groups else None
+    return sum(g[-2] for g in groups), deltas, [r[-1] for r in rows if r[0]], txid
