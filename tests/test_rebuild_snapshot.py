@@ -79,8 +79,13 @@ WRITES: dict[str, Callable[[int], None]] = {
 
 def _seed() -> None:
     Message.objects.bulk_create([Message(username=f"u{i}", city=f"c{i % 4}") for i in range(40)])
+    _rebuild_both()
+
+
+def _rebuild_both(**kwargs: Any) -> None:
+    """Rebuild both counters of ``Message`` from the primary."""
     for field in ("username", "city"):
-        rebuild(resolve(field, Message), using="default")
+        rebuild(resolve(field, Message), using="default", **kwargs)
 
 
 @pytest.mark.parametrize("write", WRITES)
@@ -103,8 +108,7 @@ def test_a_write_the_scan_saw_reaching_redis_after_the_swap_is_not_counted_twice
     monkeypatch.setattr(deltas, "send", stalled_send)
     writer = in_thread(lambda: WRITES[write](0))
     assert committed.wait(30)
-    for field in ("username", "city"):
-        rebuild(resolve(field, Message), using="default")
+    _rebuild_both()
     release.set()
     writer.join(30)
     assert_counters_equal_database()
@@ -124,8 +128,7 @@ def test_a_write_committed_during_the_scan_is_counted_once(
             done[counter] = len(done)
             in_thread(lambda: WRITES[write](done[counter])).join(30)
 
-    for field in ("username", "city"):
-        rebuild(resolve(field, Message), using="default", progress=write_once)
+    _rebuild_both(progress=write_once)
     assert len(done) == 2
     assert_counters_equal_database()
 
@@ -146,8 +149,7 @@ def test_a_write_reaching_redis_before_the_snapshot_is_published_is_counted_once
         wait_for_replay(*args)
 
     monkeypatch.setattr(rebuild_module, "_wait_for_replay", write_then_wait)
-    for field in ("username", "city"):
-        rebuild(resolve(field, Message), using="default")
+    _rebuild_both()
     assert_counters_equal_database()
 
 
@@ -167,8 +169,7 @@ def test_a_transaction_open_across_the_snapshot_is_counted_once(write: str) -> N
 
     writer = in_thread(open_transaction)
     assert wrote.wait(30)
-    for field in ("username", "city"):
-        rebuild(resolve(field, Message), using="default")
+    _rebuild_both()
     release.set()
     writer.join(30)
     assert_counters_equal_database()
@@ -179,8 +180,7 @@ def test_a_rebuild_from_the_primary_does_not_wait_for_the_grace(settings: Any) -
     settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "REBUILD_GRACE": 600}
     Message.objects.bulk_create([Message(username=f"u{i}", city=f"c{i % 4}") for i in range(40)])
     started = time.monotonic()
-    for field in ("username", "city"):
-        rebuild(resolve(field, Message), using="default")
+    _rebuild_both()
     assert time.monotonic() - started < 60
     Message.objects.create(username="after", city="c9")
     assert_counters_equal_database()
