@@ -18,15 +18,7 @@ from distinct_counter.counting import stale
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.registry import Counter
 from distinct_counter.counting.scan import grouped_chunks, grouped_counts
-from distinct_counter.counting.scripts import (
-    ADD_COUNTS,
-    PUBLISH,
-    RELEASE,
-    SET_COUNTS,
-    SWAP,
-    execute,
-    run_script,
-)
+from distinct_counter.counting.scripts import PUBLISH, RELEASE, SET_COUNTS, SWAP, run_script
 from distinct_counter.counting.state import CounterState
 from distinct_counter.exceptions import RebuildInProgress
 
@@ -67,7 +59,7 @@ def rebuild(
     On a PostgreSQL primary this is known exactly, by transaction id. The scan reads one
     snapshot (``REPEATABLE READ``), published to Redis before it runs; every write sends its
     transaction's id with its deltas (``scripts.APPLY``), and those the snapshot did not see
-    are added to the counter being built. The new counter keeps the snapshot: a write the
+    are added to the scan's counts at the swap. The new counter keeps the snapshot: a write the
     scan saw is never applied on top of it, however late it reaches Redis. The rebuild ends
     at the swap, with no wait.
 
@@ -93,11 +85,11 @@ def rebuild(
     lock_key, token = counter.key("lock"), uuid.uuid4().hex
     if not client.set(lock_key, token, nx=True, px=_TTL_MS):
         raise RebuildInProgress(f"another rebuild of {counter.label} is running")
-    keys = [counter.key(p) for p in ("journal", "journal_on", "tmp", "pending")]
-    journal, journal_on, tmp, _ = keys
+    keys = [counter.key(p) for p in ("journal", "journal_on", "tmp", "pending", "missed")]
+    journal, journal_on, tmp, _, missed = keys
     exact = _reads_snapshots(using)
     try:
-        client.delete(journal, tmp, keys[3])
+        client.delete(journal, tmp, *keys[3:])
         # From here on writers say what the scan needs of them (scripts.APPLY).
         client.set(journal_on, "" if exact else "*", px=_TTL_MS)
         # Every write committed after this moment may be missing from the scan (on a replica,
@@ -109,7 +101,7 @@ def rebuild(
             run_script(
                 client,
                 SWAP,
-                [tmp, counter.key("values"), counter.key("meta"), journal_on],
+                [tmp, counter.key("values"), counter.key("meta"), journal_on, missed],
                 [time.time(), rows, seen or ""],
             )
         )
@@ -168,15 +160,16 @@ def _scan(
     tmp, lock_key, journal_on = (counter.key(p) for p in ("tmp", "lock", "journal_on"))
 
     def store(batch: dict[str, int]) -> None:
-        pipe = client.pipeline(transaction=False)
-        run_script(pipe, ADD_COUNTS, [tmp], [x for pair in batch.items() for x in pair])
-        execute(pipe.pexpire(lock_key, _TTL_MS).pexpire(journal_on, _TTL_MS))
+        client.pipeline(transaction=False).hset(tmp, mapping=batch).pexpire(
+            lock_key, _TTL_MS
+        ).pexpire(journal_on, _TTL_MS).execute()
 
     rows = values = 0
     with contextlib.ExitStack() as stack:
         scanned, seen = _pin_snapshot(using, client, stack, exact)
         if seen is not None:
-            run_script(client, PUBLISH, [journal_on, counter.key("pending"), tmp], [seen])
+            keys = [journal_on, counter.key("pending"), counter.key("missed")]
+            run_script(client, PUBLISH, keys, [seen])
         writer = stack.enter_context(
             ThreadPoolExecutor(1, thread_name_prefix="distinct_counter-rebuild")
         )

@@ -39,7 +39,7 @@ local function add(key, value, delta)
 end
 """
 
-# KEYS: values, meta, journal_on, journal, tmp, pending of each counter, six by six (the
+# KEYS: values, meta, journal_on, journal, missed, pending of each counter, six by six (the
 # counter's ``hot_keys``). ARGV: the writing transaction's id ('' where the database has
 # none to give), then for each counter its number of values, then value, delta, value,
 # delta... All the counters of one committed transaction in one command, so a write costs
@@ -53,7 +53,8 @@ end
 #   '*'       the values touched, with the server time of their first touch since the
 #             rebuild last took them (ZADD NX), for its recount (no snapshot to go by);
 #   ''        its scan's snapshot is not known yet: the write itself, in 'pending';
-#   snapshot  the deltas its scan did not see, added to the counter it builds (tmp);
+#   snapshot  the deltas its scan did not see, kept in 'missed' until the swap adds them
+#             to the counts the scan stored (SWAP);
 #   '?'       after its swap: nothing, but for writes with no transaction id.
 # A write with no transaction id is journaled for the recount whatever the mode.
 APPLY = Script(
@@ -89,8 +90,8 @@ return 0
 """
 )
 
-# KEYS: journal_on, pending, tmp. ARGV: the scan's snapshot. Makes it the rebuild's mode
-# (see APPLY) and adds to tmp the pending writes it did not see.
+# KEYS: journal_on, pending, missed. ARGV: the scan's snapshot. Makes it the rebuild's mode
+# (see APPLY) and keeps in 'missed' the deltas of the pending writes it did not see.
 PUBLISH = Script(
     _VISIBLE
     + """
@@ -104,19 +105,15 @@ return 0
 """
 )
 
-# KEYS: tmp. ARGV: value, count... The scan's counts, added to the deltas of the writes it
-# did not see.
-ADD_COUNTS = Script(
+# KEYS: tmp, values, meta, journal_on, missed. ARGV: built_at, rows, the scan's snapshot
+# ('' when it has none). The atomic swap at the end of a rebuild: the scan's counts (tmp),
+# plus the deltas it missed, replace the live counter.
+SWAP = Script(
     _VISIBLE
     + """
-for i = 1, #ARGV, 2 do add(KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 0
-"""
-)
-
-# KEYS: tmp, values, meta, journal_on. ARGV: built_at, rows, the scan's snapshot ('' when
-# it has none). The atomic swap at the end of a rebuild.
-SWAP = Script("""
+local missed = redis.call('HGETALL', KEYS[5])
+for i = 1, #missed, 2 do add(KEYS[1], missed[i], missed[i + 1]) end
+redis.call('DEL', KEYS[5])
 redis.call('UNLINK', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) end
 redis.call('HSET', KEYS[3], 'state', 'ok', 'built_at', ARGV[1], 'rows', ARGV[2])
@@ -127,7 +124,8 @@ else
   redis.call('SET', KEYS[4], '?', 'XX', 'KEEPTTL')
 end
 return redis.call('TIME')
-""")
+"""
+)
 
 # KEYS: values. ARGV: value, count... Absolute counts from the database's recount.
 # Returns the server time at which they were set.
@@ -156,7 +154,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """)
 
-SCRIPTS = [APPLY, PUBLISH, ADD_COUNTS, SWAP, SET_COUNTS, MARK_STALE, RELEASE]
+SCRIPTS = [APPLY, PUBLISH, SWAP, SET_COUNTS, MARK_STALE, RELEASE]
 
 
 def call(client: redis.Redis, script: Script, keys: list[str], args: list[Any]) -> Any:
