@@ -72,16 +72,21 @@ def rebuild(
     stale: bool = False,
     progress: Progress | None = None,
 ) -> list[RebuildResult]:
-    """Rebuild the counters named (see :func:`counters`) from the database, one after the
-    other, safely while writers keep writing (how: see :doc:`operations`).
+    """Rebuild the counters named (see :func:`counters`) from the database, safely while
+    writers keep writing (how: see :doc:`operations`); the results in the counters' order.
+
+    On PostgreSQL, outside a transaction, up to ``REBUILD_CONCURRENCY`` counters are rebuilt
+    at once, each scanning on a connection of its own; elsewhere one after the other.
 
     ``using``: the database alias to read (a replica, say); default: the router's choice.
-    ``progress(counter, rows, values)`` is called as batches are stored.
+    ``progress(counter, rows, values)`` is called as batches are stored (from the thread
+    rebuilding that counter).
 
-    :raises RebuildInProgress: another rebuild of one of them is running.
+    :raises RebuildInProgress: another rebuild of one of them is running (the others are
+        rebuilt all the same).
     :raises ValueError: a name matches no counter.
     """
-    return [rebuilding.rebuild(c, using, progress) for c in counters(*names, stale=stale)]
+    return rebuilding.rebuild_all(counters(*names, stale=stale), using, progress)
 
 
 def check(

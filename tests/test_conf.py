@@ -29,6 +29,7 @@ WRONG = {
     "SOCKET_TIMEOUT": (0, "E008"),
     "SOCKET_CONNECT_TIMEOUT": (-1, "E008"),
     "REBUILD_BATCH_SIZE": (2.5, "E008"),
+    "REBUILD_CONCURRENCY": (0, "E008"),
     "REBUILD_GRACE": (-1, "E008"),
     "REBUILD_SETTLE": (-1, "E008"),
     "PRIMARY": ("", "E011"),

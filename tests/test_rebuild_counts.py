@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from io import StringIO
 from typing import Any
 
@@ -11,7 +13,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
-from distinct_counter import DistinctCount
+from distinct_counter import DistinctCount, rebuild
 from distinct_counter.models import CounterState
 from tests.conftest import distinct_in_db, master
 from tests.testapp.factories import MessageFactory
@@ -152,3 +154,30 @@ def test_rebuild_replaces_the_live_key_atomically() -> None:
     assert not master().exists("distinct_counter:{testapp.message.city}:tmp")
     assert not master().exists("distinct_counter:{testapp.message.city}:lock")
     assert not master().exists("distinct_counter:{testapp.message.city}:journal_on")
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_counters_are_rebuilt_up_to_rebuild_concurrency_at_a_time(
+    concurrency: int, settings: Any
+) -> None:
+    # Each rebuild waits, at its first batch, for the other to reach its own: only
+    # concurrent rebuilds both get past it.
+    settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "REBUILD_CONCURRENCY": concurrency}
+    MessageFactory.create_batch(30)
+    both_scanning = threading.Barrier(2, timeout=5)
+    met: set[str] = set()
+
+    def progress(counter: Any, rows: int, values: int) -> None:
+        if counter.label not in met:
+            met.add(counter.label)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_scanning.wait()
+
+    results = rebuild("testapp.Message", using="default", progress=progress)
+    assert [r.counter.label for r in results] == [
+        "testapp.message.username",
+        "testapp.message.city",
+    ]
+    assert both_scanning.broken is (concurrency == 1)
+    for field in ("username", "city"):
+        assert DistinctCount.get(field, model=Message) == distinct_in_db(Message, field)

@@ -50,6 +50,9 @@ class CountingSettings(RedisSettings):
     REBUILD_BATCH_SIZE = Option(
         5000, positive_int, "distinct_counter.E008", "Use a positive integer, e.g. 5000."
     )
+    REBUILD_CONCURRENCY = Option(
+        2, positive_int, "distinct_counter.E008", "Use a positive integer, e.g. 2."
+    )
     REBUILD_GRACE = Option(0.5, non_negative_number, "distinct_counter.E008", _SECONDS)
     REBUILD_SETTLE = Option(30.0, non_negative_number, "distinct_counter.E008", _SECONDS)
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -78,49 +79,59 @@ class Command(BaseCommand):
         return self.style.SUCCESS(line) if drift.ok else self.style.ERROR(line)
 
     def _rebuild(self, counters: list[Counter], database: str | None, verbosity: int) -> None:
-        bar = _ProgressBar(verbosity)
-        for counter in counters:
-            try:
-                [result] = rebuild(counter, using=database, progress=bar)
-            except RebuildInProgress as exc:
-                raise CommandError(str(exc)) from None
-            finally:
-                bar.close()
-            if verbosity >= 1:
-                self.stdout.write(
-                    f"{counter.label}: {result.values} distinct values in {result.rows} rows, "
-                    f"{result.recounted} recounted, {result.seconds:.2f}s"
-                )
-            if not result.settled and verbosity >= 1:
+        if not counters:  # rebuild() of no name at all would rebuild every counter
+            return
+        bars = _ProgressBars(verbosity)
+        try:
+            results = rebuild(*counters, using=database, progress=bars)
+        except RebuildInProgress as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            bars.close()
+        for result in results if verbosity >= 1 else ():
+            label = result.counter.label
+            self.stdout.write(
+                f"{label}: {result.values} distinct values in {result.rows} rows, "
+                f"{result.recounted} recounted, {result.seconds:.2f}s"
+            )
+            if not result.settled:
                 self.stderr.write(
-                    f"{counter.label}: writes never paused during the recount; the counts of "
+                    f"{label}: writes never paused during the recount; the counts of "
                     "values written in its last moments may be off: check later with "
                     "rebuild_counts --check"
                 )
 
 
-class _ProgressBar:
-    """A rebuild's progress: a tqdm bar per counter on an interactive terminal; nothing when
-    piped or with -v 0."""
+class _ProgressBars:
+    """A rebuild's progress: a tqdm bar per counter (several at once when counters are
+    rebuilt concurrently) on an interactive terminal; nothing when piped or with -v 0."""
 
     def __init__(self, verbosity: int) -> None:
         self.shown = verbosity >= 1 and sys.stderr.isatty()
-        self.bar: Any = None
-        self.done = 0
+        self.bars: dict[Counter, tuple[Any, int]] = {}
+        self.lock = threading.Lock()
 
     def __call__(self, counter: Counter, rows: int, values: int) -> None:
         if not self.shown:
             return
-        if self.bar is None:
-            from tqdm import tqdm
+        with self.lock:
+            if counter not in self.bars:
+                from tqdm import tqdm
 
-            self.bar = tqdm(desc=counter.label, unit=" rows", unit_scale=True, leave=False)
-            self.done = 0
-        self.bar.update(rows - self.done)
-        self.bar.set_postfix(values=values)
-        self.done = rows
+                bar = tqdm(
+                    desc=counter.label,
+                    unit=" rows",
+                    unit_scale=True,
+                    leave=False,
+                    position=len(self.bars),
+                )
+                self.bars[counter] = (bar, 0)
+            bar, done = self.bars[counter]
+            bar.update(rows - done)
+            bar.set_postfix(values=values)
+            self.bars[counter] = (bar, rows)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        for bar, _ in self.bars.values():
+            bar.close()
+        self.bars.clear()
