@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Model
 from django.test.utils import override_settings
 
@@ -98,7 +98,7 @@ def saver(objs: list[Model]) -> Op:
     return op
 
 
-def overhead(name: str, times: dict[str, list[float]], target: float) -> Figure:
+def overhead(name: str, times: dict[str, list[float]], target: float | None) -> Figure:
     """``counted`` minus ``plain`` (medians), in round trips (median ``rtt``)."""
     counted, plain = statistics.median(times["counted"]), statistics.median(times["plain"])
     return figure(
@@ -118,6 +118,39 @@ def create_overhead(count: int) -> Figure:
     ops = {"counted": creator(Message, rows), "plain": creator(PlainMessage, rows), "rtt": rtt_op()}
     times = interleaved(ops, count, warmup=20)
     return overhead("create() counted minus plain", times, 1.25)
+
+
+def txid_overhead(count: int) -> Figure:
+    """What returning its transaction's id costs an INSERT, as every counted save's does on
+    PostgreSQL: ``INSERT ... RETURNING id, pg_current_xact_id()::text`` minus ``RETURNING
+    id``, raw SQL on ``PlainMessage``'s table."""
+    rows = sample_rows(count, seed=9)
+    table = connection.ops.quote_name(PlainMessage._meta.db_table)
+
+    def inserter(returning: str) -> Op:
+        cycle = itertools.cycle(rows)
+        sql = (
+            f"INSERT INTO {table} (username, city, text, created_at) "
+            f"VALUES (%s, %s, %s, now()) RETURNING {returning}"
+        )
+
+        def op() -> float:
+            row = next(cycle)
+            started = time.perf_counter()
+            with connection.cursor() as cur:
+                cur.execute(sql, [row["username"], row["city"], row["text"]])
+                cur.fetchone()
+            return time.perf_counter() - started
+
+        return op
+
+    ops = {
+        "counted": inserter("id, pg_current_xact_id()::text"),
+        "plain": inserter("id"),
+        "rtt": rtt_op(),
+    }
+    times = interleaved(ops, count, warmup=20)
+    return overhead("INSERT returning its transaction id minus plain INSERT", times, None)
 
 
 def save_overhead(count: int) -> Figure:
