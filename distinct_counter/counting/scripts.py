@@ -44,7 +44,7 @@ end
 # none to give), then for each counter its number of values, then value, delta, value,
 # delta... All the counters of one committed transaction in one command, so a write costs
 # one round trip and no pipeline.
-# Deltas are applied only to a built counter (meta exists), and not when the snapshot the
+# Deltas are applied only to a built counter (meta has a state), and not when the snapshot the
 # counter was built from (meta 'snapshot') already saw the transaction: a write that reaches
 # Redis after a rebuild that counted it is not counted twice, however late it comes. A
 # count that reaches 0 is removed; a negative one is kept, since the matching increment of
@@ -63,11 +63,9 @@ APPLY = Script(
 local txid = ARGV[1]
 local at = 2
 for k = 1, #KEYS, 6 do
-  local apply = redis.call('EXISTS', KEYS[k + 1]) == 1
-  if apply and txid ~= '' then
-    local built_from = redis.call('HGET', KEYS[k + 1], 'snapshot')
-    if built_from and visible(built_from, txid) then apply = false end
-  end
+  local meta = redis.call('HMGET', KEYS[k + 1], 'state', 'snapshot')
+  local apply = meta[1] ~= false
+  if apply and txid ~= '' and meta[2] and visible(meta[2], txid) then apply = false end
   local mode = redis.call('GET', KEYS[k + 2])
   local recount = mode and (txid == '' or mode == '*')
   local building = mode and not recount and mode ~= '?' and mode ~= ''
