@@ -13,6 +13,9 @@ from distinct_counter import connection as redis_connection
 from distinct_counter.counting import stale
 from tests import servers
 
+#: The fixtures of the index operations' tests (indexapp, sessions of their own).
+pytest_plugins = ["tests.index_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_blocker: pytest.FixtureRequest) -> None:

@@ -32,7 +32,10 @@ On PostgreSQL a build
 * drops an INVALID index of the same name (``pg_index.indisvalid = false``, the remains of an
   interrupted concurrent build) with ``DROP INDEX CONCURRENTLY IF EXISTS`` before building,
   since ``IF NOT EXISTS`` would silently keep the broken one;
-* runs ``CREATE INDEX CONCURRENTLY IF NOT EXISTS``, then checks that the index is valid.
+* runs ``CREATE INDEX CONCURRENTLY IF NOT EXISTS``, then checks that the index is valid;
+* holds a session-level advisory lock on the index's name throughout, so two ``migrate``
+  runs started together (two deploy nodes) build it once: the second waits, then finds it
+  valid.
 
 On every other backend (SQLite, the embedded default, included) the operations do exactly what
 :class:`~django.db.migrations.operations.AddIndex` and ``RemoveIndex`` do, so one migration
@@ -55,6 +58,8 @@ the INVALID index repair or the timeouts.
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,6 +69,8 @@ from django.db.migrations.operations import AddIndex, RemoveIndex
 from django.db.migrations.state import ProjectState
 
 __all__ = ["CreateIndexConcurrently", "DropIndexConcurrently"]
+
+logger = logging.getLogger("distinct_counter")
 
 #: The settings a concurrent build lifts (to 0: no limit) for its own statements.
 LIFTED_TIMEOUTS = ("lock_timeout", "statement_timeout")
@@ -125,6 +132,42 @@ def _lifted_timeouts(schema_editor: BaseDatabaseSchemaEditor) -> Iterator[None]:
     restore()
 
 
+#: Seconds between two tries of a migrate waiting for another one's build of the same index.
+LOCK_POLL = 0.5
+
+
+@contextlib.contextmanager
+def _one_build_at_a_time(schema_editor: BaseDatabaseSchemaEditor, name: str) -> Iterator[None]:
+    """Hold a session-level advisory lock on the index ``name`` inside: two ``migrate`` runs
+    at once (two deploy nodes) build or drop it one after the other, the second finding the
+    first's valid index. Released on the way out, error or not (and by PostgreSQL with the
+    session).
+
+    Polled with ``pg_try_advisory_lock``, not waited for with ``pg_advisory_lock``: a
+    statement waiting on the lock holds a snapshot, which the other session's concurrent
+    build would wait for in turn, a deadlock. Between two tries this session holds none.
+    """
+    if schema_editor.collect_sql:  # sqlmigrate: nothing runs
+        yield
+        return
+    key = f"distinct_counter.indexes:{name}"
+    take = "SELECT pg_try_advisory_lock(hashtext(%s))"
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(take, [key])
+        if not cursor.fetchone()[0]:
+            logger.info("Waiting for another migrate's build of index %s", name)
+            while True:
+                time.sleep(LOCK_POLL)
+                cursor.execute(take, [key])
+                if cursor.fetchone()[0]:
+                    break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(DatabaseError), schema_editor.connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
+
+
 def _index_state(
     schema_editor: BaseDatabaseSchemaEditor, table: str, name: str
 ) -> tuple[bool, bool] | None:
@@ -155,7 +198,7 @@ def _create_concurrently(
     create = index.create_sql(model, schema_editor, concurrently=True, sql=template)
     drop = index.remove_sql(model, schema_editor, concurrently=True)
     table = model._meta.db_table
-    with _lifted_timeouts(schema_editor):
+    with _one_build_at_a_time(schema_editor, index.name), _lifted_timeouts(schema_editor):
         if schema_editor.collect_sql:
             schema_editor.collected_sql.append(
                 f"-- At migrate time, an INVALID index {index.name} (an interrupted build) "
@@ -167,7 +210,7 @@ def _create_concurrently(
         if state is not None and not state[0]:
             schema_editor.execute(drop)
         schema_editor.execute(create, params=None)
-    state = _index_state(schema_editor, table, index.name)
+        state = _index_state(schema_editor, table, index.name)
     if state is None or not state[1]:
         raise NotSupportedError(
             f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index.name} built nothing: the name "
@@ -180,7 +223,7 @@ def _create_concurrently(
 def _drop_concurrently(
     schema_editor: BaseDatabaseSchemaEditor, model: type[models.Model], index: models.Index
 ) -> None:
-    with _lifted_timeouts(schema_editor):
+    with _one_build_at_a_time(schema_editor, index.name), _lifted_timeouts(schema_editor):
         schema_editor.execute(index.remove_sql(model, schema_editor, concurrently=True))
 
 

@@ -2,8 +2,9 @@ from django.apps import AppConfig
 
 
 class IndexAppConfig(AppConfig):
-    """Installed only by tests/test_operations.py (its counted field without an index would
-    otherwise trip ``distinct_counter.W001`` in every ``manage.py check``)."""
+    """Installed only by the index tests (``tests/index_fixtures.py``): its counted field
+    without an index would otherwise trip ``distinct_counter.W001`` in every ``manage.py
+    check``."""
 
     name = "tests.indexapp"
     label = "indexapp"
