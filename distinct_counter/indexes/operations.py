@@ -188,14 +188,22 @@ def _index_state(
     return None if row is None else (bool(row[0]), bool(row[1]))
 
 
-def _create_concurrently(
+def create_sql(
     schema_editor: BaseDatabaseSchemaEditor, model: type[models.Model], index: models.Index
-) -> None:
+) -> Any:
+    """``CREATE INDEX CONCURRENTLY IF NOT EXISTS`` of ``index``, as Django's
+    ``Index.create_sql`` builds it (names, opclasses, conditions, ``INCLUDE``)."""
     template = schema_editor.sql_create_index_concurrently  # type: ignore[attr-defined]
     if not template.startswith(_CREATE):  # pragma: no cover - a backend of its own
         raise NotSupportedError(f"unexpected concurrent index template {template!r}")
     template = _CREATE + " IF NOT EXISTS" + template[len(_CREATE) :]
-    create = index.create_sql(model, schema_editor, concurrently=True, sql=template)
+    return index.create_sql(model, schema_editor, concurrently=True, sql=template)
+
+
+def _create_concurrently(
+    schema_editor: BaseDatabaseSchemaEditor, model: type[models.Model], index: models.Index
+) -> None:
+    create = create_sql(schema_editor, model, index)
     drop = index.remove_sql(model, schema_editor, concurrently=True)
     table = model._meta.db_table
     with _one_build_at_a_time(schema_editor, index.name), _lifted_timeouts(schema_editor):

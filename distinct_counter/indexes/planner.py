@@ -19,10 +19,21 @@ from django.db import models
 from django.db.migrations import Migration
 from django.db.migrations.autodetector import MigrationAutodetector
 from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.operations import (
+    AddIndex,
+    RunSQL,
+    SeparateDatabaseAndState,
+)
+from django.db.migrations.operations.base import Operation
 from django.db.migrations.writer import MigrationWriter
+from django.db.utils import ConnectionHandler
 
 from distinct_counter.counting.registry import counted_models, counters_of
-from distinct_counter.indexes.operations import CreateIndexConcurrently
+from distinct_counter.indexes.operations import (
+    LIFTED_TIMEOUTS,
+    CreateIndexConcurrently,
+    create_sql,
+)
 
 __all__ = ["MissingIndex", "IndexMigration", "has_index", "missing_indexes", "index_migration"]
 
@@ -157,6 +168,70 @@ def _plan(app_label: str, loader: MigrationLoader) -> tuple[list[MissingIndex], 
     return missing, notes
 
 
+_RUNSQL_NOTE = """\
+# PostgreSQL only: this migration's SQL (CREATE INDEX CONCURRENTLY, PL/pgSQL) runs on no other
+# database. It uses Django's own operations only, so it keeps loading without
+# distinct_counter. Per index: an INVALID index of the same name (the remains of an
+# interrupted build) that no build is running is dropped (a plain DROP INDEX, waiting at
+# most 5 s for its lock); then CREATE INDEX CONCURRENTLY IF NOT EXISTS, with no lock or
+# statement timeout; the model state gets the index (SeparateDatabaseAndState).
+
+
+"""
+
+
+def runsql_operations(missing: list[MissingIndex]) -> list[Operation]:
+    """For each index, Django's ``SeparateDatabaseAndState``: ``AddIndex`` for the model
+    state; for the database, ``RunSQL`` items of one statement each, the SQL rendered now
+    for PostgreSQL (a schema editor that never connects), as ``CreateIndexConcurrently``
+    runs it: drop an INVALID leftover, lift the timeouts, build ``IF NOT EXISTS``, restore
+    them; reversed by ``DROP INDEX CONCURRENTLY IF EXISTS``."""
+    # A handler of its own (which wants a "default"), apart from the project's databases.
+    postgresql = {"ENGINE": "django.db.backends.postgresql", "NAME": "sql"}
+    editor = ConnectionHandler({"default": postgresql})["default"].schema_editor(collect_sql=True)
+    editor.deferred_sql = []  # what entering it would set, without the transaction it opens
+    operations: list[Operation] = []
+    for m in missing:
+        table = m.model._meta.db_table
+        lifted = [f"SET {name} = 0" for name in LIFTED_TIMEOUTS]
+        restored = [f"RESET {name}" for name in LIFTED_TIMEOUTS]
+        build: list[Any] = [*lifted, str(create_sql(editor, m.model, m.index)), *restored]
+        drop = str(m.index.remove_sql(m.model, editor, concurrently=True))
+        operations.append(
+            SeparateDatabaseAndState(
+                database_operations=[
+                    RunSQL([_drop_invalid_sql(editor, table, m.index.name)], RunSQL.noop),
+                    RunSQL(build, [*lifted, drop, *restored]),
+                ],
+                state_operations=[
+                    AddIndex(model_name=m.model._meta.model_name or "", index=m.index)
+                ],
+            )
+        )
+    return operations
+
+
+def _drop_invalid_sql(editor: Any, table: str, name: str) -> str:
+    """PL/pgSQL dropping an INVALID index ``name`` of ``table``'s schema that no concurrent
+    build is running (``pg_stat_progress_create_index``): plain SQL cannot ``DROP INDEX
+    CONCURRENTLY`` conditionally (not in a ``DO`` block), so the drop is a plain one, which
+    waits at most 5 s for its lock rather than queue writers behind it for longer."""
+    regclass = editor.quote_value(editor.quote_name(table))
+    return (
+        "DO $$\nDECLARE leftover regclass;\nBEGIN\n"
+        "  SELECT c.oid INTO leftover FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid\n"
+        f"   WHERE c.relname = {editor.quote_value(name)} AND NOT i.indisvalid\n"
+        "     AND c.relnamespace = (SELECT relnamespace FROM pg_class\n"
+        f"                           WHERE oid = to_regclass({regclass}))\n"
+        "     AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p\n"
+        "                     WHERE p.index_relid = c.oid);\n"
+        "  IF leftover IS NOT NULL THEN\n"
+        "    SET LOCAL lock_timeout = '5s';\n"
+        "    EXECUTE format('DROP INDEX %s', leftover);\n"
+        "  END IF;\nEND\n$$"
+    )
+
+
 def missing_indexes(app_label: str) -> list[MissingIndex]:
     """The counted fields of the app's models that no migrated index serves.
 
@@ -165,12 +240,15 @@ def missing_indexes(app_label: str) -> list[MissingIndex]:
     return _plan(app_label, _loader(app_label))[0]
 
 
-def index_migration(app_label: str, name: str | None = None) -> IndexMigration:
+def index_migration(
+    app_label: str, name: str | None = None, runsql: bool = False
+) -> IndexMigration:
     """The migration creating the missing indexes of the app's counted fields, not written.
 
     Its ``indexes`` are empty (and there is nothing to write) when no counted field lacks an
     index. The migration has ``atomic = False`` and depends on the app's latest migration;
-    its number follows that one's.
+    its number follows that one's. Its operations are ``CreateIndexConcurrently``, or with
+    ``runsql`` Django's own only (:func:`runsql_operations`; PostgreSQL only).
 
     :raises ValueError: unknown app, no migrations, or several leaf migrations (merge first).
     """
@@ -187,10 +265,14 @@ def index_migration(app_label: str, name: str | None = None) -> IndexMigration:
     number = (MigrationAutodetector.parse_number(leaves[0][1]) or 0) + 1
     migration = Migration(f"{number:04d}_{name or 'counted_indexes'}", app_label)
     migration.dependencies = list(leaves)  # type: ignore[misc]  # as Django's autodetector
-    migration.operations = [  # type: ignore[misc]
-        CreateIndexConcurrently(model_name=m.model._meta.model_name or "", index=m.index)
-        for m in missing
-    ]
+    migration.operations = (  # type: ignore[misc]
+        runsql_operations(missing)
+        if runsql
+        else [
+            CreateIndexConcurrently(model_name=m.model._meta.model_name or "", index=m.index)
+            for m in missing
+        ]
+    )
     writer = MigrationWriter(migration)
     contents = writer.as_string()
     head = "class Migration(migrations.Migration):\n"
@@ -200,5 +282,7 @@ def index_migration(app_label: str, name: str | None = None) -> IndexMigration:
         "    atomic = False\n",
         1,
     )
+    if runsql:
+        contents = contents.replace(head, _RUNSQL_NOTE + head, 1)
     path = os.path.join(writer.basedir, writer.filename)
     return IndexMigration(app_label, migration.name, path, contents, missing, notes)

@@ -25,6 +25,12 @@ class Command(BaseCommand):
             help="Print the migration instead of writing it.",
         )
         parser.add_argument(
+            "--runsql",
+            action="store_true",
+            help="Write Django's own RunSQL operations (PostgreSQL only) instead of "
+            "CreateIndexConcurrently: the migration loads without this app.",
+        )
+        parser.add_argument(
             "--name",
             default=None,
             help="The migration's name after its number (default: counted_indexes).",
@@ -33,7 +39,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         app_label = options["app_label"]
         try:
-            migration = index_migration(app_label, name=options["name"])
+            migration = index_migration(app_label, name=options["name"], runsql=options["runsql"])
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         verbosity = options["verbosity"]
