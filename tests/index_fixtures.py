@@ -4,6 +4,7 @@ indexes and locks. Registered as a pytest plugin by ``tests/conftest.py``."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import uuid
@@ -16,7 +17,8 @@ import psycopg2
 import pytest
 from django.conf import settings as django_settings
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, connections
+from django.db.utils import ConnectionHandler
 from django.test.utils import override_settings
 
 from distinct_counter.counting import registry
@@ -175,3 +177,21 @@ def fresh_migrations(
     monkeypatch.syspath_prepend(str(tmp_path))
     with override_settings(MIGRATION_MODULES={"indexapp": name}):
         yield package
+
+
+@pytest.fixture
+def sqlite(tmp_path: Path, django_db_blocker: Any) -> Iterator[Any]:
+    """A SQLite database of its own, as the alias ``sqlite`` (querysets of the migration
+    recorder look their connection up by alias)."""
+    normalized = ConnectionHandler(
+        {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "db.sqlite3")}}
+    )
+    connections.settings["sqlite"] = normalized.settings["default"]
+    try:
+        with django_db_blocker.unblock():
+            yield connections["sqlite"]
+            connections["sqlite"].close()
+    finally:
+        with contextlib.suppress(AttributeError):
+            del connections["sqlite"]
+        del connections.settings["sqlite"]

@@ -7,11 +7,9 @@ The operations run in the migrations of ``tests.indexapp``, an app installed onl
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -20,11 +18,11 @@ import psycopg2
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import NotSupportedError, connection, connections, models, transaction
+from django.db import NotSupportedError, connection, models, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.writer import OperationWriter
-from django.db.utils import ConnectionHandler, OperationalError
+from django.db.utils import OperationalError
 from django.test.utils import CaptureQueriesContext, override_settings
 
 from distinct_counter.indexes.operations import CreateIndexConcurrently, DropIndexConcurrently
@@ -269,24 +267,6 @@ def test_deconstruct_round_trips_through_the_migration_writer(operation: Any) ->
     namespace: dict[str, Any] = {}
     exec("\n".join(sorted(imports)), namespace)
     assert eval(text.rstrip(","), namespace).deconstruct() == operation.deconstruct()
-
-
-@pytest.fixture
-def sqlite(tmp_path: Path, django_db_blocker: Any) -> Iterator[Any]:
-    """A SQLite database of its own, as the alias ``sqlite`` (querysets of the migration
-    recorder look their connection up by alias)."""
-    normalized = ConnectionHandler(
-        {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "db.sqlite3")}}
-    )
-    connections.settings["sqlite"] = normalized.settings["default"]
-    try:
-        with django_db_blocker.unblock():
-            yield connections["sqlite"]
-            connections["sqlite"].close()
-    finally:
-        with contextlib.suppress(AttributeError):
-            del connections["sqlite"]
-        del connections.settings["sqlite"]
 
 
 def sqlite_indexes(conn: Any) -> dict[str, list[str]]:
