@@ -7,9 +7,11 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from io import StringIO
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.db import IntegrityError, connection, models
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.writer import OperationWriter
@@ -208,3 +210,16 @@ def test_sqlite_adds_the_constraint_as_add_constraint_does(
         executor.migrate([("indexapp", "0001_initial")])
         with sqlite.cursor() as cursor:
             assert UNIQUE not in sqlite.introspection.get_constraints(cursor, TABLE)
+
+
+def test_sqlmigrate_shows_the_build_and_the_attach(unique_migrations: None) -> None:
+    out = StringIO()
+    call_command("sqlmigrate", "indexapp", "0002", stdout=out)
+    sql = out.getvalue()
+    assert (
+        f'CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "{UNIQUE}" ON "{TABLE}" '
+        '("referrer", "country")' in sql
+    ), sql
+    assert f'ALTER TABLE "{TABLE}" ADD CONSTRAINT "{UNIQUE}" UNIQUE USING INDEX "{UNIQUE}"' in sql
+    assert f'CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "{PARTIAL}"' in sql
+    assert "WHERE" in sql.split(PARTIAL, 1)[1]
