@@ -264,7 +264,9 @@ class AddUniqueConstraintConcurrently(AddConstraint):
         columns = [qn(model._meta.get_field(f).column) for f in c.fields]  # type: ignore[union-attr, arg-type]
         listed = ", ".join(columns)
         nulls = (
-            "" if c.nulls_distinct is False else " AND ".join(f"{x} IS NOT NULL" for x in columns)
+            ""
+            if getattr(c, "nulls_distinct", None) is False
+            else " AND ".join(f"{x} IS NOT NULL" for x in columns)
         )
         with schema_editor.connection.cursor() as cursor:
             cursor.execute(
