@@ -42,12 +42,10 @@ from typing import Any
 from django.db import DatabaseError, IntegrityError, OperationalError, models
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.operations import AddConstraint
-from django.db.migrations.state import ProjectState
 
 from distinct_counter.indexes.operations import (
-    _ensure_not_in_transaction,
+    _Concurrently,
     _index_state,
-    _is_postgresql,
     _lifted_timeouts,
     _one_build_at_a_time,
 )
@@ -62,7 +60,7 @@ _LOCK_NOT_AVAILABLE = "55P03"
 _EXAMPLES = 3
 
 
-class AddUniqueConstraintConcurrently(AddConstraint):
+class AddUniqueConstraintConcurrently(_Concurrently, AddConstraint):
     """``AddConstraint`` of a ``UniqueConstraint`` that does not lock writes on PostgreSQL
     (see the module's documentation); ``AddConstraint`` elsewhere. The migration must have
     ``atomic = False``.
@@ -73,7 +71,7 @@ class AddUniqueConstraintConcurrently(AddConstraint):
     the next run only attaches it).
     """
 
-    atomic = False
+    creates = True
 
     def __init__(
         self,
@@ -111,47 +109,30 @@ class AddUniqueConstraintConcurrently(AddConstraint):
             f"{self.model_name}"
         )
 
-    def database_forwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        _ensure_not_in_transaction(self, schema_editor)  # type: ignore[arg-type]
-        if not _is_postgresql(schema_editor):
-            super().database_forwards(app_label, schema_editor, from_state, to_state)
-            return
-        model = to_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            name = self.constraint.name
-            with _one_build_at_a_time(schema_editor, name), _lifted_timeouts(schema_editor):
-                self._build(schema_editor, model)
+    @property
+    def index_name(self) -> str:
+        return str(self.constraint.name)
 
-    def database_backwards(
+    def _concurrently(
         self,
-        app_label: str,
         schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
+        model: type[models.Model],
+        model_state: Any,
+        create: bool,
     ) -> None:
-        _ensure_not_in_transaction(self, schema_editor)  # type: ignore[arg-type]
-        if not _is_postgresql(schema_editor):
-            super().database_backwards(app_label, schema_editor, from_state, to_state)
-            return
-        model = to_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            name = self.constraint.name
+        name = self.constraint.name
+        with _one_build_at_a_time(schema_editor, name), _lifted_timeouts(schema_editor):
+            if create:
+                self._build(schema_editor, model)
+                return
             qn = schema_editor.quote_name
-            with _one_build_at_a_time(schema_editor, name), _lifted_timeouts(schema_editor):
-                if self._attached():
-                    self._with_lock_retries(
-                        schema_editor,
-                        f"ALTER TABLE {qn(model._meta.db_table)} DROP CONSTRAINT IF EXISTS "
-                        f"{qn(name)}",
-                    )
-                # The index alone (an index form, or a build never attached).
-                schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qn(name)}")
+            if self._attached():
+                self._with_lock_retries(
+                    schema_editor,
+                    f"ALTER TABLE {qn(model._meta.db_table)} DROP CONSTRAINT IF EXISTS {qn(name)}",
+                )
+            # The index alone (an index form, or a build never attached).
+            schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qn(name)}")
 
     # -- PostgreSQL --------------------------------------------------------------------------
 

@@ -236,8 +236,9 @@ def _drop_concurrently(
 
 
 class _Concurrently:
-    """What both operations share: refuse a transaction, do the plain operation off
-    PostgreSQL, and build or drop the state's index concurrently on it."""
+    """What the concurrent operations share: refuse a transaction, do the plain operation
+    off PostgreSQL, and build or drop (:meth:`_concurrently`) the state's index or
+    constraint on it."""
 
     atomic = False  # never wrapped in a transaction, even where DDL cannot roll back
     #: Whether running forwards creates the index (backwards then drops it), or the reverse.
@@ -285,10 +286,20 @@ class _Concurrently:
         state = to_state if create else from_state  # the state in which the index exists
         model = state.apps.get_model(app_label, self.model_name)
         if self.allow_migrate_model(schema_editor.connection.alias, model):  # type: ignore[attr-defined]
-            index = state.models[app_label, self.model_name_lower].get_index_by_name(
-                self.index_name
+            self._concurrently(
+                schema_editor, model, state.models[app_label, self.model_name_lower], create
             )
-            (_create_concurrently if create else _drop_concurrently)(schema_editor, model, index)
+
+    def _concurrently(
+        self,
+        schema_editor: BaseDatabaseSchemaEditor,
+        model: type[models.Model],
+        model_state: Any,
+        create: bool,
+    ) -> None:
+        """Create (or drop) on PostgreSQL what ``model_state`` holds."""
+        index = model_state.get_index_by_name(self.index_name)
+        (_create_concurrently if create else _drop_concurrently)(schema_editor, model, index)
 
 
 class CreateIndexConcurrently(_Concurrently, AddIndex):
