@@ -76,13 +76,14 @@ def rebuild_all(
     counters: Sequence[Counter], using: str | None = None, progress: Progress | None = None
 ) -> list[RebuildResult]:
     """:func:`rebuild` each counter, up to ``REBUILD_CONCURRENCY`` at once where the
-    databases they are read from allow it (:func:`_runs_apart`), one after the other
-    elsewhere. Every counter is rebuilt even if one fails; then the first error is raised.
+    databases they are read from allow it (:func:`_postgresql_outside_transaction`), one
+    after the other elsewhere. Every counter is rebuilt even if one fails; then the first
+    error is raised.
     """
     # The router is asked here: its read-your-writes state is this thread's.
     aliases = [using or router.db_for_read(c.model) for c in counters]
     workers = min(conf.REBUILD_CONCURRENCY, len(counters))
-    if workers < 2 or not all(_runs_apart(alias) for alias in aliases):
+    if workers < 2 or not all(_postgresql_outside_transaction(a) for a in aliases):
         return [rebuild(c, alias, progress) for c, alias in zip(counters, aliases, strict=True)]
 
     def rebuild_apart(counter: Counter, alias: str) -> RebuildResult:
@@ -97,11 +98,11 @@ def rebuild_all(
     return [f.result() for f in futures]
 
 
-def _runs_apart(alias: str) -> bool:
-    """Whether a scan of ``alias`` may run on a connection of its own, in another thread:
-    PostgreSQL (SQLite serializes its writers, and its test databases live in one
-    connection), and no transaction open here, whose rows another connection would not
-    see."""
+def _postgresql_outside_transaction(alias: str) -> bool:
+    """Whether ``alias`` is PostgreSQL with no transaction open here. Then a scan of it may
+    run on a connection of its own, in another thread (SQLite serializes its writers, and
+    its test databases live in one connection; the rows of a transaction open here are
+    not seen from another connection), and in a transaction of its own, one snapshot."""
     connection = connections[alias]
     return connection.vendor == "postgresql" and not connection.in_atomic_block
 
@@ -171,10 +172,9 @@ def _reads_snapshots(using: str) -> bool:
     saw: a PostgreSQL primary (a hot standby's ``pg_current_snapshot()`` lists no
     transaction in progress), outside any transaction (whose own writes, and snapshot per
     statement, the scan would share)."""
-    connection = connections[using]
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
+    if not _postgresql_outside_transaction(using):
         return False
-    with connection.cursor() as cur:
+    with connections[using].cursor() as cur:
         cur.execute("SELECT pg_is_in_recovery()")
         return not cur.fetchone()[0]
 
@@ -192,8 +192,9 @@ def _scan(
     tmp, lock_key, journal_on = (counter.key(p) for p in ("tmp", "lock", "journal_on"))
 
     def store(batch: dict[str, int]) -> None:
-        # Redis stores a batch in about the time the database streams two: its work, and
-        # the Python that feeds it, is what a rebuild adds to its GROUP BY.
+        # Storing takes longer than streaming (run H: about 250 ms for 220,077 usernames
+        # against a 170 ms GROUP BY): Redis's work, and the Python that feeds it, is what a
+        # rebuild adds to its GROUP BY.
         round_trip(
             client,
             ("HSET", tmp, *itertools.chain.from_iterable(batch.items())),
@@ -238,11 +239,10 @@ def _pin_snapshot(
     if ``exact``, the snapshot (``pg_current_snapshot()``). Elsewhere (None, None): the
     first rows the scan returns bound it.
     """
-    connection = connections[using]
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
+    if not _postgresql_outside_transaction(using):
         return None, None
     stack.enter_context(transaction.atomic(using=using))
-    with connection.cursor() as cur:
+    with connections[using].cursor() as cur:
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         # The snapshot is taken here.
         cur.execute("SELECT pg_current_snapshot()::text" if exact else "SELECT NULL")
