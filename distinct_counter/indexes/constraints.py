@@ -45,9 +45,9 @@ from django.db.migrations.operations import AddConstraint
 
 from distinct_counter.indexes.operations import (
     _Concurrently,
-    _index_state,
     _lifted_timeouts,
     _one_build_at_a_time,
+    build_concurrently,
 )
 
 __all__ = ["AddUniqueConstraintConcurrently"]
@@ -144,31 +144,23 @@ class AddUniqueConstraintConcurrently(_Concurrently, AddConstraint):
 
     def _build(self, schema_editor: BaseDatabaseSchemaEditor, model: type[models.Model]) -> None:
         name, table = self.constraint.name, model._meta.db_table
-        if schema_editor.collect_sql:
-            schema_editor.execute(self._index_sql(schema_editor, model), params=None)
-            if self._attached():
-                schema_editor.execute(self._attach_sql(schema_editor, model))
-            return
-        if self._constraint_exists(schema_editor, table):
+        if not schema_editor.collect_sql and self._constraint_exists(schema_editor, table):
             return  # attached by an earlier run
         drop = f"DROP INDEX CONCURRENTLY IF EXISTS {schema_editor.quote_name(name)}"
-        state = _index_state(schema_editor, table, name)
-        if state is not None and not state[0]:
-            schema_editor.execute(drop)  # an interrupted build's INVALID index
         try:
-            schema_editor.execute(self._index_sql(schema_editor, model), params=None)
+            build_concurrently(
+                schema_editor, table, name, self._index_sql(schema_editor, model), drop
+            )
         except IntegrityError as exc:
             # The failed build left an INVALID index behind: the table is left as it was.
             with contextlib.suppress(DatabaseError):
                 schema_editor.execute(drop)
             raise IntegrityError(self._duplicates_message(schema_editor, model, exc)) from exc
-        state = _index_state(schema_editor, table, name)
-        if state is None or not state[1] or not state[0]:
-            raise IntegrityError(
-                f"the unique index {name} was not built on {table}: the name belongs to "
-                "another relation, or the build left it INVALID; rename it or migrate again."
-            )
-        if self._attached():
+        if not self._attached():
+            return
+        if schema_editor.collect_sql:
+            schema_editor.execute(self._attach_sql(schema_editor, model))
+        else:
             self._with_lock_retries(schema_editor, self._attach_sql(schema_editor, model))
 
     def _index_sql(self, schema_editor: BaseDatabaseSchemaEditor, model: type[models.Model]) -> str:

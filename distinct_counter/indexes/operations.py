@@ -203,29 +203,44 @@ def create_sql(
 def _create_concurrently(
     schema_editor: BaseDatabaseSchemaEditor, model: type[models.Model], index: models.Index
 ) -> None:
-    create = create_sql(schema_editor, model, index)
-    drop = index.remove_sql(model, schema_editor, concurrently=True)
-    table = model._meta.db_table
+    drop = str(index.remove_sql(model, schema_editor, concurrently=True))
     with _one_build_at_a_time(schema_editor, index.name), _lifted_timeouts(schema_editor):
-        if schema_editor.collect_sql:
-            schema_editor.collected_sql.append(
-                f"-- At migrate time, an INVALID index {index.name} (an interrupted build) "
-                f"is dropped first: {drop};"
-            )
-            schema_editor.execute(create, params=None)
-            return
-        state = _index_state(schema_editor, table, index.name)
-        if state is not None and not state[0]:
-            schema_editor.execute(drop)
+        build_concurrently(
+            schema_editor,
+            model._meta.db_table,
+            index.name,
+            create_sql(schema_editor, model, index),
+            drop,
+        )
+
+
+def build_concurrently(
+    schema_editor: BaseDatabaseSchemaEditor, table: str, name: str, create: Any, drop: str
+) -> None:
+    """Build the index ``name`` of ``table`` with ``create`` (``CREATE [UNIQUE] INDEX
+    CONCURRENTLY IF NOT EXISTS``), an INVALID index of that name dropped first with ``drop``
+    (``IF NOT EXISTS`` would keep it); then check that the index is ``table``'s and valid.
+    The caller holds the advisory lock and the lifted timeouts; a failed build's error
+    (duplicates for a unique one) is the caller's to handle."""
+    if schema_editor.collect_sql:
+        schema_editor.collected_sql.append(
+            f"-- At migrate time, an INVALID index {name} (an interrupted build) "
+            f"is dropped first: {drop};"
+        )
         schema_editor.execute(create, params=None)
-        state = _index_state(schema_editor, table, index.name)
+        return
+    state = _index_state(schema_editor, table, name)
+    if state is not None and not state[0]:
+        schema_editor.execute(drop)
+    schema_editor.execute(create, params=None)
+    state = _index_state(schema_editor, table, name)
     if state is None or not state[1]:
         raise NotSupportedError(
-            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index.name} built nothing: the name "
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} built nothing: the name "
             f"belongs to another relation than {table}; rename the index."
         )
     if not state[0]:  # a safety net: the INVALID index was dropped above
-        raise NotSupportedError(f"index {index.name} is INVALID after its build")
+        raise NotSupportedError(f"index {name} is INVALID after its build")
 
 
 def _drop_concurrently(
