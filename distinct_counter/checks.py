@@ -47,6 +47,7 @@ checks beside its settings; this module registers them all.
 ``distinct_counter.E033``  a foreign key of a counted model has a database-level
                            ``on_delete`` (``DB_CASCADE``; ``DB_SET_NULL`` or
                            ``DB_SET_DEFAULT`` on a counted foreign key)
+``distinct_counter.E034``  ``SEND`` is ``"background"`` and ``ON_ERROR`` is ``"raise"``
 =====================  =====================================================================
 """
 

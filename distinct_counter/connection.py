@@ -96,9 +96,12 @@ def _make_client(alias: str, write: bool) -> redis.Redis:
 _NAMED = tuple(int(p) for p in redis.__version__.split(".")[:2]) < (5, 3)
 
 
-def round_trip(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:
+def round_trip(
+    client: redis.Redis, *commands: tuple[Any, ...], raise_on_error: bool = True
+) -> list[Any]:
     """Send ``commands`` on one pooled connection of ``client`` in one write, and return
-    their replies (an error reply raised once every reply is read).
+    their replies: an error reply raised once every reply is read, or, with
+    ``raise_on_error=False``, returned in its place (as a ``ResponseError``).
 
     The counters' hot paths (a write's deltas, a read of a count) call this rather than
     redis-py's ``execute_command`` or ``pipeline()``, whose Python (retry wrapper,
@@ -123,7 +126,7 @@ def round_trip(client: redis.Redis, *commands: tuple[Any, ...]) -> list[Any]:
         raise
     finally:
         pool.release(conn)
-    if error is not None:
+    if error is not None and raise_on_error:
         raise error
     return replies
 

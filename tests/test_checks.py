@@ -52,12 +52,23 @@ def test_e006_database_alias_missing(settings: Any) -> None:
     assert "'reporting'" in error.msg and "default, replica" in error.hint
 
 
-@pytest.mark.parametrize("key,value", [("FALLBACK", "zero"), ("ON_ERROR", "ignore")])
+@pytest.mark.parametrize(
+    "key,value", [("FALLBACK", "zero"), ("ON_ERROR", "ignore"), ("SEND", "later")]
+)
 def test_e007_value_outside_choices(settings: Any, key: str, value: str) -> None:
     settings.DISTINCT_COUNTER = {key: value}
     [error] = check_settings()
     assert error.id == "distinct_counter.E007"
     assert repr(value) in error.msg
+
+
+def test_e034_background_sending_cannot_raise(settings: Any) -> None:
+    settings.DISTINCT_COUNTER = {"SEND": "background", "ON_ERROR": "raise"}
+    [error] = check_settings()
+    assert error.id == "distinct_counter.E034"
+    assert "'background'" in error.msg and "ON_ERROR 'log'" in error.hint
+    settings.DISTINCT_COUNTER = {"SEND": "background"}
+    assert check_settings() == []
 
 
 @isolate_apps("tests.testapp")

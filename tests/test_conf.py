@@ -25,6 +25,7 @@ WRONG = {
     "FALLBACK": ("zero", "E007"),
     "DATABASE": (3, "E006"),
     "ON_ERROR": ("ignore", "E007"),
+    "SEND": ("async", "E007"),
     "RETRY_INTERVAL": ("5", "E008"),
     "SOCKET_TIMEOUT": (0, "E008"),
     "SOCKET_CONNECT_TIMEOUT": (-1, "E008"),

@@ -31,7 +31,9 @@ from contextlib import suppress
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import transaction
+from django.test import override_settings
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -135,3 +137,14 @@ for _op in OPS:
 @pytest.mark.django_db(transaction=True)
 def test_counters_equal_the_database_after_every_write() -> None:
     run_state_machine_as_test(Writes, settings=settings.get_profile(f"distinct_counter-{PROFILE}"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_counters_equal_the_database_with_background_sending() -> None:
+    """The same, with ``SEND = "background"``: every transaction's deltas go through the
+    sender thread (the invariant's reads wait for it), async writes' from their own threads."""
+    with override_settings(
+        DISTINCT_COUNTER={**django_settings.DISTINCT_COUNTER, "SEND": "background"}
+    ):
+        profile = settings.get_profile(f"distinct_counter-{PROFILE}")
+        run_state_machine_as_test(Writes, settings=settings(profile, max_examples=15))

@@ -1,5 +1,5 @@
-"""The counters' system checks: settings (E001, E002, E006-E008) and counted models (E003-E005,
-E030-E033, W001, W002)."""
+"""The counters' system checks: settings (E001, E002, E006-E008, E034) and counted models
+(E003-E005, E030-E033, W001, W002)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,18 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         errors += [e for key, alias in aliases.items() if (e := _cache_error(key, alias))]
     if "distinct_counter.E006" not in invalid:
         errors += database_errors({"DATABASE": conf.DATABASE})
+    if "distinct_counter.E007" not in invalid and (conf.SEND, conf.ON_ERROR) == (
+        "background",
+        "raise",
+    ):
+        errors.append(
+            checks.Error(
+                "DISTINCT_COUNTER['SEND'] is 'background' and ['ON_ERROR'] is 'raise': a write "
+                "sent in the background has returned before Redis can fail it.",
+                hint="Use SEND 'wait' to refuse writes Redis cannot take, or ON_ERROR 'log'.",
+                id="distinct_counter.E034",
+            )
+        )
     return errors
 
 

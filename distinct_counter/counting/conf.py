@@ -18,6 +18,7 @@ _SECONDS = "Use a number of seconds, 0 or more."
 
 FALLBACK_CHOICES = ("database", "raise")
 ON_ERROR_CHOICES = ("log", "raise")
+SEND_CHOICES = ("wait", "background")
 
 
 class CountingSettings(RedisSettings):
@@ -46,6 +47,12 @@ class CountingSettings(RedisSettings):
     )
     ON_ERROR = Option(
         "log", choice(*ON_ERROR_CHOICES), "distinct_counter.E007", "Use one of: 'log', 'raise'."
+    )
+    SEND = Option(
+        "wait",
+        choice(*SEND_CHOICES),
+        "distinct_counter.E007",
+        "Use one of: 'wait', 'background'.",
     )
     REBUILD_BATCH_SIZE = Option(
         5000, positive_int, "distinct_counter.E008", "Use a positive integer, e.g. 5000."

@@ -8,12 +8,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.db import models
+from redis.exceptions import NoScriptError
 
-from distinct_counter.connection import REDIS_ERRORS, breaker, get_client
-from distinct_counter.counting import stale
+from distinct_counter.connection import REDIS_ERRORS, breaker, get_client, round_trip
+from distinct_counter.counting import background, stale
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.registry import Counter
-from distinct_counter.counting.scripts import APPLY, call
+from distinct_counter.counting.scripts import APPLY
 from distinct_counter.exceptions import CounterUnavailable
 
 #: counter -> normalized value -> change in the number of rows holding it.
@@ -72,10 +73,18 @@ def between(
     return deltas
 
 
+#: One committed transaction's deltas and its id ('' where the database has none to give).
+Sent = tuple[Deltas, str]
+
+
 def send(deltas: Deltas, txid: str | None = None) -> None:
-    """Send the deltas of one committed transaction to Redis in one command (one round trip),
-    with the transaction's id (PostgreSQL's ``pg_current_xact_id()``) where it is known: a
-    counter rebuilt from a snapshot that saw the transaction skips its deltas.
+    """Send the deltas of one committed transaction to Redis, with the transaction's id
+    (PostgreSQL's ``pg_current_xact_id()``) where it is known: a counter rebuilt from a
+    snapshot that saw the transaction skips its deltas.
+
+    With ``SEND = "wait"`` (the default) now, in one command (one round trip);
+    with ``"background"`` queued for the process's sender thread
+    (:mod:`~distinct_counter.counting.background`).
 
     Never raises for a Redis failure unless ``ON_ERROR`` is ``"raise"``: the counters that
     missed the write are marked stale (in Redis when it is back, and durably in the database).
@@ -84,31 +93,75 @@ def send(deltas: Deltas, txid: str | None = None) -> None:
     deltas = {c: values for c, values in deltas.items() if values}
     if not deltas:
         return
-    alias = conf.write_cache
-    gate = breaker(alias)
-    error: BaseException | None = None
-    if gate.allow():
-        keys: list[str] = []
-        args: list[Any] = [txid or ""]
-        for counter, values in deltas.items():
-            keys += counter.hot_keys()
-            args.append(len(values))
-            for value, delta in values.items():
-                args += (value, delta)
-        try:
-            call(get_client(alias), APPLY, keys, args)
-        except REDIS_ERRORS as exc:
-            gate.failure(exc)
-            error = exc
-        else:
-            stale.reached(alias)
-            return
-    stale.mark(deltas, repr(error))
-    if conf.ON_ERROR == "raise":
+    if conf.SEND == "background":
+        sender.put((deltas, txid or ""))
+        return
+    error = deliver([(deltas, txid or "")])
+    if error is not None and conf.ON_ERROR == "raise":
         labels = ", ".join(sorted(c.label for c in deltas))
         raise CounterUnavailable(
             f"Redis did not take the writes of {labels}; they are marked stale", "unreachable"
         ) from error
+
+
+def _apply(deltas: Deltas, txid: str) -> tuple[list[str], list[Any]]:
+    """``scripts.APPLY``'s keys and arguments for one transaction's deltas."""
+    keys: list[str] = []
+    args: list[Any] = [txid]
+    for counter, values in deltas.items():
+        keys += counter.hot_keys()
+        args.append(len(values))
+        for value, delta in values.items():
+            args += (value, delta)
+    return keys, args
+
+
+def deliver(batch: Sequence[Sent]) -> BaseException | None:
+    """Apply the deltas of committed transactions in Redis, one ``APPLY`` each, all in one
+    round trip; mark stale the counters of those Redis did not take, and return the first
+    failure (None: all taken). A script Redis does not know (NOSCRIPT) is sent again with
+    its source, only for the commands that met it, so none runs twice."""
+    alias = conf.write_cache
+    gate = breaker(alias)
+    failed, error = list(batch), None
+    if gate.allow():
+        calls = [_apply(deltas, txid) for deltas, txid in batch]
+        try:
+            replies = round_trip(
+                get_client(alias),
+                *(("EVALSHA", APPLY.sha, len(k), *k, *a) for k, a in calls),
+                raise_on_error=False,
+            )
+            again = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if again:
+                retried = round_trip(
+                    get_client(alias),
+                    *(
+                        ("EVAL", APPLY.source, len(calls[i][0]), *calls[i][0], *calls[i][1])
+                        for i in again
+                    ),
+                    raise_on_error=False,
+                )
+                for i, reply in zip(again, retried, strict=True):
+                    replies[i] = reply
+        except REDIS_ERRORS as exc:
+            error = exc
+        else:
+            failed = [
+                sent for sent, r in zip(batch, replies, strict=True) if isinstance(r, Exception)
+            ]
+            error = next((r for r in replies if isinstance(r, Exception)), None)
+        if error is None:
+            stale.reached(alias)
+            return None
+        gate.failure(error)
+    reason = repr(error) if error else "Redis failed moments ago (its circuit breaker is open)"
+    stale.mark(dict.fromkeys(c for deltas, _ in failed for c in deltas), reason)
+    return error or CounterUnavailable(reason, "unreachable")
+
+
+#: The process's sender thread of ``SEND = "background"``.
+sender = background.Sender(deliver)
 
 
 def ensure_available(model: type[models.Model]) -> None:

@@ -21,6 +21,7 @@ from django.db.models import Count
 from distinct_counter.connection import REDIS_ERRORS, breaker, get_client, round_trip
 from distinct_counter.counting import stale
 from distinct_counter.counting.conf import conf
+from distinct_counter.counting.deltas import sender
 from distinct_counter.counting.registry import Counter, resolve
 from distinct_counter.exceptions import CounterUnavailable
 
@@ -39,8 +40,10 @@ def _redis_read(counter: Counter, command: str, *args: Any) -> tuple[str, Any]:
     """Run one read command on the counter's hash with its state, in one round trip (two on
     the process's first call, and on the first after Redis failed).
 
-    Returns (state, result); state is ``"unreachable"`` when Redis failed.
+    Returns (state, result); state is ``"unreachable"`` when Redis failed. Deltas this
+    process queued (``SEND = "background"``) are sent first: a request reads its own writes.
     """
+    sender.flush()
     alias = conf.CACHE
     gate = breaker(alias)
     if not gate.allow():

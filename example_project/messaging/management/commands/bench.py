@@ -311,8 +311,10 @@ class Command(BaseCommand):
         count = self.per_round(rows) * repeat
         return [
             bench_writes.create_overhead(count),
+            bench_writes.create_overhead(count, send="background"),
             bench_writes.txid_overhead(count),
             bench_writes.save_overhead(count),
+            bench_writes.save_overhead(count, send="background"),
             bench_writes.in_one_transaction(min(TRANSACTION_SIZE, rows), repeat),
             *bench_writes.bulk_ratios(min(BULK_SIZE, rows), repeat),
         ]
