@@ -309,3 +309,22 @@ def test_bulk_create_ignoring_conflicts_of_rows_the_database_computes() -> None:
 
     Reading.objects.bulk_create([Reading(), Reading(raw="Ab")], ignore_conflicts=True)
     assert_exact()
+
+
+def test_bulk_writes_of_values_equal_in_python_but_not_in_the_database() -> None:
+    """``1``, ``1.0`` and ``True`` are one dict key in Python and three texts in a
+    ``CharField``; a ``str`` subclass and ``None`` among plain strings: every bulk path
+    counts what the database stores."""
+
+    class Text(str):
+        pass
+
+    cities: list[Any] = [1, 1.0, True, "1", "True", Text("1"), None, "x", "x"]
+    created = Place.objects.bulk_create([Place(city=c, visits=v) for v, c in enumerate(cities)])
+    assert_exact()
+    for place, city in zip(created, reversed(cities), strict=True):
+        place.city = city
+    Place.objects.bulk_update(created, ["city"])
+    assert_exact()
+    Place.objects.filter(pk__in=[p.pk for p in created[:4]]).update(city=True)
+    assert_exact()

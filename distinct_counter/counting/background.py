@@ -43,7 +43,8 @@ class Sender(Generic[T]):
     def __init__(self, deliver: Callable[[Sequence[T]], Any]) -> None:
         self.deliver = deliver
         self._reset()
-        os.register_at_fork(after_in_child=self._reset)
+        if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+            os.register_at_fork(after_in_child=self._reset)
         atexit.register(self.flush)
 
     def _reset(self) -> None:
@@ -57,7 +58,7 @@ class Sender(Generic[T]):
         """Queue ``item``; the thread delivers it with whatever else is queued by then."""
         with self._cond:
             self._queue.append(item)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="distinct_counter-sender", daemon=True
                 )
@@ -77,8 +78,10 @@ class Sender(Generic[T]):
             self._cond.wait_for(lambda: not self._sending)
 
     def _take(self) -> list[T]:
-        batch, self._queue = self._queue, []
+        # Counted as sending before the queue is emptied: flush's check without the lock
+        # never sees an empty queue and nothing sending while a batch is on its way.
         self._sending += 1
+        batch, self._queue = self._queue, []
         return batch
 
     def _deliver(self, batch: list[T]) -> None:

@@ -15,6 +15,7 @@ from distinct_counter.counting import background, stale
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.registry import Counter
 from distinct_counter.counting.scripts import APPLY
+from distinct_counter.counting.values import text_as_is
 from distinct_counter.exceptions import CounterUnavailable
 
 #: counter -> normalized value -> change in the number of rows holding it.
@@ -34,13 +35,22 @@ def tally(deltas: Deltas, counter: Counter, values: Iterable[Any], sign: int) ->
     write's rows, counted in one pass).
 
     Values are grouped by their normalized text, never by Python equality: two datetimes
-    that differ only by ``fold`` are equal in Python and an hour apart in the database.
+    that differ only by ``fold`` are equal in Python and an hour apart in the database;
+    ``1``, ``1.0`` and ``True`` are equal in Python and three texts in a ``CharField``. Only
+    where every value is a ``str`` of a field that stores text as is (the common case) are
+    equal values the same text: those are counted at C speed, normalized once each.
     """
-    normalize = counter.normalize
+    values = values if isinstance(values, list) else list(values)
     mine = deltas.setdefault(counter, {})
-    for text, n in collections.Counter(normalize(v) for v in values).items():
+    counts = collections.Counter(values) if text_as_is(counter.field) else None
+    if counts is None or not set(map(type, counts)) <= _TEXT_OR_NULL:
+        counts = collections.Counter(map(counter.normalize, values))
+    for text, n in counts.items():
         if text is not None:
             mine[text] = mine.get(text, 0) + sign * n
+
+
+_TEXT_OR_NULL = {str, type(None)}
 
 
 def tally_counts(

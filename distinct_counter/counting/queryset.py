@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from distinct_counter.counting.deltas import (
     tally,
     tally_counts,
 )
-from distinct_counter.counting.handlers import computed, prefetched_deletes
+from distinct_counter.counting.handlers import computed_in, prefetched_deletes
 from distinct_counter.counting.registry import (
     Counter,
     counters_of,
@@ -120,7 +121,7 @@ class CountedQuerySet(models.QuerySet[Any]):
         with transaction.atomic(using=self.db, savepoint=False):
             lock_absent(self.model, self.db, explicit)
             created = super().bulk_create(objs, **options)
-            unknown = [c for c in counters if any(computed(o, c) for o in created)]
+            unknown = [c for c in counters if computed_in(created, c)]
             if unknown and any(o.pk is None for o in created):
                 # The database computed values of rows it did not name: nothing to read back.
                 stale_on_commit(self.db, counters, "bulk_create() of computed values, no pks")
@@ -132,7 +133,7 @@ class CountedQuerySet(models.QuerySet[Any]):
                     pks = (canonical_pk(self.model, o.pk) for o in created)
                     tally(deltas, c, (stored[pk][unknown.index(c)] for pk in pks), 1)
                 else:
-                    tally(deltas, c, (getattr(o, c.attname) for o in created), 1)
+                    tally(deltas, c, list(map(operator.attrgetter(c.attname), created)), 1)
             record(self.db, deltas)
         return created
 
@@ -155,9 +156,7 @@ class CountedQuerySet(models.QuerySet[Any]):
             # wins), leaves the rows' new values to the database: read them back.
             # So does a descendant's counter: whether the row is the descendant's is not known.
             tables = lineage(self._model)
-            unknown = [
-                c for c in counters if c.model not in tables or any(computed(o, c) for o in objs)
-            ]
+            unknown = [c for c in counters if c.model not in tables or computed_in(objs, c)]
             if len(set(pks)) < len(pks):
                 unknown = list(counters)
             stored = locked_rows(self.model, self.db, old, unknown)
