@@ -34,12 +34,22 @@ from tests.testapp.models import Message
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-#: Shorter than the counters' SOCKET_TIMEOUT (0.5 s): a paused Redis only delays them.
-PAUSE_MS = 300
+#: Long enough for a write that waited to show it on a slow machine, and shorter than the
+#: counters' SOCKET_TIMEOUT here: a paused Redis only delays them.
+PAUSE_MS = 800
+SOCKET_TIMEOUT = 4.0  # not 5: redis-py's default, which the counters replace with their own
+
+
+@pytest.fixture(autouse=True)
+def patient(settings: Any) -> None:
+    """The counters' Redis timeout raised (the test cache sets its own) for this module."""
+    default = settings.CACHES["default"]
+    options = {**default.get("OPTIONS", {}), "SOCKET_TIMEOUT": SOCKET_TIMEOUT}
+    settings.CACHES = {**settings.CACHES, "default": {**default, "OPTIONS": options}}
 
 
 @pytest.fixture
-def background(settings: Any, built: None) -> Iterator[None]:  # noqa: F811
+def background(settings: Any, patient: None, built: None) -> Iterator[None]:  # noqa: F811
     settings.DISTINCT_COUNTER = {**settings.DISTINCT_COUNTER, "SEND": "background"}
     yield
     sender.flush()
@@ -70,7 +80,7 @@ def test_a_write_returns_before_redis_answers(background: None) -> None:
     frequencies_equal_the_database("city")
 
 
-def test_with_send_wait_a_write_waits_for_redis(built: None) -> None:  # noqa: F811
+def test_with_send_wait_a_write_waits_for_redis(patient: None, built: None) -> None:  # noqa: F811
     """The default, for contrast: the same write waits out the pause."""
     pause_writes()
     started = time.monotonic()
@@ -171,8 +181,10 @@ def test_a_process_sends_its_queue_when_it_exits(background: None) -> None:
         "import django; django.setup()\n"
         "from django.test import override_settings\n"
         "from django.conf import settings\n"
-        "override_settings(DISTINCT_COUNTER={**settings.DISTINCT_COUNTER, 'SEND': 'background'})"
-        ".enable()\n"
+        "default = {**settings.CACHES['default']}\n"
+        f"default['OPTIONS'] = {{**default['OPTIONS'], 'SOCKET_TIMEOUT': {SOCKET_TIMEOUT}}}\n"
+        "override_settings(CACHES={**settings.CACHES, 'default': default},"
+        " DISTINCT_COUNTER={**settings.DISTINCT_COUNTER, 'SEND': 'background'}).enable()\n"
         "from tests.conftest import master\n"
         "from tests.testapp.models import Message\n"
         f"master().execute_command('CLIENT', 'PAUSE', {PAUSE_MS}, 'WRITE')\n"
