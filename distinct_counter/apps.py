@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import AppConfig
-from django.core.signals import setting_changed
+from django.core.signals import request_finished, setting_changed
 
 
 class DistinctCounterConfig(AppConfig):
@@ -23,6 +23,7 @@ class DistinctCounterConfig(AppConfig):
         for model in apps.get_models():
             handlers.connect(model)
         setting_changed.connect(_setting_changed, dispatch_uid="distinct_counter")
+        request_finished.connect(_request_finished, dispatch_uid="distinct_counter")
 
 
 def _setting_changed(setting: str, **kwargs: Any) -> None:
@@ -39,3 +40,12 @@ def _setting_changed(setting: str, **kwargs: Any) -> None:
         health.reset()
     if setting in ("DATABASES", "DATABASE_ROUTERS"):
         registry.clear_cache()  # the database each counter follows
+
+
+def _request_finished(**kwargs: Any) -> None:
+    """What a request queued (``SEND = "background"``) is sent by the time it ends, after
+    its response: by then the sender thread has usually sent it, and where no thread runs
+    (uWSGI without ``--enable-threads``) this sends it."""
+    from distinct_counter.counting.deltas import sender
+
+    sender.flush()

@@ -18,8 +18,10 @@ What it gives up, and why it is an opt-in:
   with it (check ``distinct_counter.E034``).
 
 A read of a count in this process first sends what is queued (:meth:`Sender.flush`), so a
-request reads its own writes. A forked child starts with an empty queue: its parent sends
-what it had queued.
+request reads its own writes, and so does the end of each request (``request_finished``,
+after the response), so that a server that runs no thread (uWSGI without
+``--enable-threads``) still sends. A forked child starts with an empty queue: its parent
+sends what it had queued.
 """
 
 from __future__ import annotations

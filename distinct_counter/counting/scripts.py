@@ -12,8 +12,6 @@ from typing import Any
 
 import redis
 
-from distinct_counter.connection import round_trip
-
 
 class Script:
     """A Lua script known by its SHA1, loaded into Redis on first NOSCRIPT."""
@@ -153,15 +151,6 @@ return 0
 """)
 
 SCRIPTS = [APPLY, PUBLISH, SWAP, SET_COUNTS, MARK_STALE, RELEASE]
-
-
-def call(client: redis.Redis, script: Script, keys: list[str], args: list[Any]) -> Any:
-    """Run ``script`` in one round trip (``connection.round_trip``): EVALSHA, then EVAL on
-    NOSCRIPT."""
-    try:
-        return round_trip(client, ("EVALSHA", script.sha, len(keys), *keys, *args))[0]
-    except redis.exceptions.NoScriptError:
-        return round_trip(client, ("EVAL", script.source, len(keys), *keys, *args))[0]
 
 
 def run_script(client: Any, script: Script, keys: list[str], args: list[Any]) -> Any:
