@@ -10,7 +10,8 @@ from django.core.management import call_command
 from django.db import connections
 
 from distinct_counter import connection as redis_connection
-from distinct_counter.counting import stale
+from distinct_counter.counting import buckets, stale
+from distinct_counter.counting.registry import Counter
 from tests import servers
 
 #: The fixtures of the index operations' tests (indexapp, sessions of their own).
@@ -28,6 +29,22 @@ def django_db_setup(django_db_blocker: pytest.FixtureRequest) -> None:
 
 def master() -> redis.Redis:
     return redis.Redis.from_url(settings.CACHES["default"]["LOCATION"])
+
+
+def stored(counter: Counter) -> dict[str, int]:
+    """A counter's counts as the master holds them, every bucket read straight from it."""
+    pages = buckets.entries(master(), counter)
+    return {k.decode(): int(v) for page in pages for bucket in page for k, v in bucket.items()}
+
+
+def plant(counter: Counter, value: str, count: int) -> None:
+    """Write a count straight into a counter's map, as a Redis gone wrong would hold it."""
+    found = buckets.header(master(), counter.key("meta"))
+    assert found is not None, f"{counter} has no map"
+    gen, n, _ = found
+    key = buckets.bucket_key(counter, gen, buckets.slot(buckets.hash_of(value), n))
+    if master().hset(key, value, count):
+        master().hincrby(counter.key("meta"), "len", 1)
 
 
 @pytest.fixture(autouse=True)

@@ -29,9 +29,10 @@ from django.urls import path
 
 from distinct_counter import DistinctCount
 from distinct_counter.counting.deltas import sender
+from distinct_counter.counting.registry import resolve
 from distinct_counter.models import CounterState
 from distinct_counter.testing.servers import RedisServer
-from tests.conftest import distinct_in_db, master
+from tests.conftest import distinct_in_db, master, stored
 from tests.test_reliability import built, stopped_master  # noqa: F401 (fixtures)
 from tests.testapp.models import Message
 
@@ -109,7 +110,7 @@ def test_a_request_ends_with_its_writes_sent(background: None, settings: Any) ->
     settings.ROOT_URLCONF = __name__
     pause_writes()
     assert Client().get("/write/", {"username": "visitor"}).content == b"ok"
-    assert master().hget("distinct_counter:{testapp.message.username}:values", "visitor") == b"1"
+    assert stored(resolve("username", Message))["visitor"] == 1
     frequencies_equal_the_database("username")
 
 

@@ -22,7 +22,7 @@ from django.db.models.signals import pre_delete, pre_save
 
 from distinct_counter.api import rebuild
 from distinct_counter.counting.registry import resolve
-from tests.conftest import master
+from tests.conftest import master, stored
 from tests.testapp.models import Message
 
 pytestmark = [
@@ -93,7 +93,7 @@ def assert_counters_equal_database(fields: tuple[str, ...] = ("username", "city"
     for field in fields:
         counter = resolve(field, Message)
         assert master().hget(counter.key("meta"), "state") == b"ok"
-        in_redis = {k.decode(): int(v) for k, v in master().hgetall(counter.key("values")).items()}
+        in_redis = stored(counter)
         with connections["default"].cursor() as cur:
             cur.execute(
                 f'SELECT "{field}", COUNT(*) FROM testapp_message '

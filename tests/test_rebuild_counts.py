@@ -14,8 +14,9 @@ from django.core.management.base import CommandError
 from django.db import connection
 
 from distinct_counter import DistinctCount, rebuild
+from distinct_counter.counting.registry import resolve
 from distinct_counter.models import CounterState
-from tests.conftest import distinct_in_db, master
+from tests.conftest import distinct_in_db, master, plant, stored
 from tests.testapp.factories import MessageFactory
 from tests.testapp.models import Message, Venue
 
@@ -105,7 +106,7 @@ def test_check_finds_writes_the_orm_cannot_see() -> None:
 def test_check_json_for_monitoring() -> None:
     MessageFactory.create_batch(5)
     run("testapp.Message", verbosity=0)
-    master().hset("distinct_counter:{testapp.message.city}:values", "Ghost", 1)
+    plant(resolve("city", Message), "Ghost", 1)
     out = StringIO()
     with pytest.raises(CommandError):
         call_command("rebuild_counts", "testapp.Message.city", check=True, json=True, stdout=out)
@@ -148,10 +149,14 @@ def test_rebuild_reads_the_database_named() -> None:
 def test_rebuild_replaces_the_live_key_atomically() -> None:
     MessageFactory.create_batch(10)
     run(verbosity=0)
-    master().hset("distinct_counter:{testapp.message.city}:values", "Ghost", 3)
+    city = resolve("city", Message)
+    plant(city, "Ghost", 3)
+    before = set(master().keys("distinct_counter:{testapp.message.city}:b:*"))
     run("testapp.Message.city", verbosity=0)
-    assert not master().hexists("distinct_counter:{testapp.message.city}:values", "Ghost")
+    assert "Ghost" not in stored(city)
+    assert not before & set(master().keys("distinct_counter:{testapp.message.city}:b:*"))
     assert not master().exists("distinct_counter:{testapp.message.city}:tmp")
+    assert not master().exists("distinct_counter:{testapp.message.city}:old")
     assert not master().exists("distinct_counter:{testapp.message.city}:lock")
     assert not master().exists("distinct_counter:{testapp.message.city}:journal_on")
 

@@ -19,7 +19,7 @@ from django.db.models.functions import Concat, Lower, Upper
 
 from distinct_counter import DistinctCount
 from distinct_counter.counting.registry import Counter, all_counters
-from tests.conftest import master
+from tests.conftest import master, stored
 from tests.shapes.models import Branch, Kiosk, Owner, Pet, Place, PlaceProxy, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -47,8 +47,7 @@ def in_database(counter: Counter) -> dict[str, int]:
 
 
 def in_redis(counter: Counter) -> dict[str, int]:
-    raw = master().hgetall(counter.key("values"))
-    return {k.decode(): int(v) for k, v in raw.items() if int(v)}
+    return {k: v for k, v in stored(counter).items() if v}
 
 
 def assert_exact() -> None:

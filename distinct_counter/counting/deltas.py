@@ -12,6 +12,7 @@ from redis.exceptions import NoScriptError
 
 from distinct_counter.connection import REDIS_ERRORS, breaker, get_client, round_trip
 from distinct_counter.counting import background, stale
+from distinct_counter.counting.buckets import hash_of
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.registry import Counter
 from distinct_counter.counting.scripts import APPLY
@@ -122,7 +123,7 @@ def _apply(deltas: Deltas, txid: str) -> tuple[list[str], list[Any]]:
         keys += counter.hot_keys()
         args.append(len(values))
         for value, delta in values.items():
-            args += (value, delta)
+            args += (value, hash_of(value), delta)
     return keys, args
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from distinct_counter.connection import get_client
+from distinct_counter.counting.buckets import hash_of
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.reads import read_database
 from distinct_counter.counting.registry import Counter
 from distinct_counter.counting.scan import grouped_counts
+from distinct_counter.counting.scripts import READ, run_script
 
 
 @dataclass
@@ -51,16 +53,19 @@ def check(counter: Counter, using: str | None = None) -> Drift:
     """
     using = using or read_database(counter.model)
     client = get_client(conf.CACHE, write=False)
-    values_key = counter.key("values")
-    state: bytes | None = client.hget(counter.key("meta"), "state")  # type: ignore[assignment]
-    drift = Drift(counter, state.decode() if state else "missing", 0, 0)
+    meta = counter.key("meta")
+    state, length = client.hmget(meta, "state", "len")
+    built = isinstance(state, bytes) and length is not None
+    drift = Drift(counter, cast(bytes, state).decode() if built else "missing", 0, 0)
     found = 0
     batch_size = conf.REBUILD_BATCH_SIZE
 
     def compare(batch: dict[str, int]) -> None:
         nonlocal found
         names = list(batch)
-        for name, got in zip(names, client.hmget(values_key, names), strict=True):
+        args = [x for name in names for x in (name, hash_of(name))]
+        _, _, *counts = run_script(client, READ, [meta], args)
+        for name, got in zip(names, counts, strict=True):
             if got is None:
                 drift.missing += 1
                 if len(drift.examples) < 10:
@@ -82,7 +87,7 @@ def check(counter: Counter, using: str | None = None) -> Drift:
             batch = {}
     if batch:
         compare(batch)
-    drift.redis_distinct = int(client.hlen(values_key))
+    drift.redis_distinct = int(client.hget(meta, "len") or 0)
     drift.extra = drift.redis_distinct - found
     drift.examples.sort()
     return drift

@@ -12,17 +12,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, cast
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import models, router
 from django.db.models import Count
+from redis.exceptions import NoScriptError
 
 from distinct_counter.connection import REDIS_ERRORS, breaker, get_client, round_trip
-from distinct_counter.counting import stale
+from distinct_counter.counting import buckets, stale
+from distinct_counter.counting.buckets import hash_of
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.deltas import sender
 from distinct_counter.counting.registry import Counter, resolve
+from distinct_counter.counting.scripts import READ
 from distinct_counter.exceptions import CounterUnavailable
 
 
@@ -36,36 +39,51 @@ class CountResult:
     state: str
 
 
-def _redis_read(counter: Counter, command: str, *args: Any) -> tuple[str, Any]:
-    """Run one read command on the counter's hash with its state, in one round trip (two on
-    the process's first call, and on the first after Redis failed).
+def _redis_read(counter: Counter, *values: str) -> tuple[str, list[Any]]:
+    """Read the counter's state, its number of values and the count of each of ``values``,
+    in one round trip (two on the process's first call, and on the first after Redis
+    failed).
 
-    Returns (state, result); state is ``"unreachable"`` when Redis failed. Deltas this
-    process queued (``SEND = "background"``) are sent first: a request reads its own writes.
+    Returns (state, [number of values, count of each value]); state is ``"unreachable"``
+    when Redis failed, ``"missing"`` when the counter has no map (never built, or built by
+    a version that laid its values out otherwise). Deltas this process queued (``SEND =
+    "background"``) are sent first: a request reads its own writes.
     """
     sender.flush()
     alias = conf.CACHE
     gate = breaker(alias)
     if not gate.allow():
-        return "unreachable", None
+        return "unreachable", []
+    meta = counter.hot_keys()[0]
+    args = [x for v in values for x in (v, hash_of(v))]
     for _ in range(2):
         # A first call (or the first after a failure) copies the stale marks (the database's
         # and this process's) into Redis after reading: the state it read may predate them.
         synced = gate.synced and not gate.failed
-        values, meta = counter.hot_keys()[:2]
         try:
-            state, result = round_trip(
-                get_client(alias, write=False), ("HGET", meta, "state"), (command, values, *args)
-            )
+            client = get_client(alias, write=False)
+            if values:  # The values' buckets depend on the map's size: read in a script.
+                reply = round_trip(
+                    client, ("EVALSHA", READ.sha, 1, meta, *args), raise_on_error=False
+                )[0]
+                if isinstance(reply, NoScriptError):
+                    reply = round_trip(client, ("EVAL", READ.source, 1, meta, *args))[0]
+                elif isinstance(reply, Exception):
+                    raise reply
+            else:
+                reply = round_trip(client, ("HMGET", meta, "state", "len"))[0]
         except REDIS_ERRORS as exc:
             gate.failure(exc)
-            return "unreachable", None
+            return "unreachable", []
         stale.reached(alias)
         if synced or not gate.allow():  # Not copied: this process still knows its marks.
             break
+    state, *result = reply
     if stale.is_pending(counter.label):  # Known here, not yet written to Redis.
         return "stale", result
-    return (state.decode() if state else "missing"), result
+    if state is None or result[0] is None:
+        return "missing", result
+    return state.decode(), result
 
 
 def _fallback(counter: Counter, state: str, query: Callable[[str], Any]) -> Any:
@@ -99,7 +117,7 @@ class DistinctCount:
     def read(field: str, model: type[models.Model] | str | None = None) -> CountResult:
         """The number of distinct non-NULL values, with its source and the counter's state."""
         counter = resolve(field, model)
-        state, count = _redis_read(counter, "HLEN")
+        state, (count, *_) = _redis_read(counter)
         if state == "ok":
             return CountResult(int(count), "redis", state)
         count = _fallback(
@@ -124,7 +142,7 @@ class DistinctCount:
         text = counter.normalize(value)
         if text is None:
             return 0
-        state, count = _redis_read(counter, "HGET", text)
+        state, (_, count) = _redis_read(counter, text)
         if state == "ok":
             return max(int(count or 0), 0)
         return int(
@@ -150,7 +168,9 @@ class DistinctCount:
     ) -> Iterator[str]:
         """Iterate over the distinct values, in their normalized text form, in no order.
 
-        Uses ``HSCAN`` (never ``HGETALL``), so a counter of millions of values streams.
+        Reads the counter's buckets a few at a time (``batch_size`` values or so per round
+        trip), so a counter of millions of values streams. A value may come twice when
+        writes move it meanwhile.
         """
         for batch in _member_batches(field, model, batch_size):
             yield from batch
@@ -186,7 +206,7 @@ class DistinctCount:
         field: str, model: type[models.Model] | str | None = None, batch_size: int = 1000
     ) -> AsyncIterator[str]:
         """Async :meth:`members`, for ``async for``: the same values, fetched one batch per
-        worker-thread call (one ``HSCAN``, or ``batch_size`` rows of the database fallback),
+        worker-thread call (one round trip, or ``batch_size`` rows of the database fallback),
         so the event loop runs between batches and the set is never held whole."""
         batches = _member_batches(field, model, batch_size)
         try:
@@ -200,10 +220,10 @@ class DistinctCount:
 def _member_batches(
     field: str, model: type[models.Model] | str | None, batch_size: int
 ) -> Generator[list[str], None, None]:
-    """The distinct values, one list per ``HSCAN`` (empty lists included) or per
+    """The distinct values, one list per round trip of buckets (empty lists included) or per
     ``batch_size`` rows of the database fallback."""
     counter = resolve(field, model)
-    state, _ = _redis_read(counter, "EXISTS")
+    state, _ = _redis_read(counter)
     if state != "ok":
         values = _fallback(
             counter,
@@ -222,13 +242,8 @@ def _member_batches(
             yield batch
         return
     client = get_client(conf.CACHE, write=False)
-    cursor = 0
-    while True:
-        cursor, page = client.hscan(counter.key("values"), cursor, count=batch_size)
-        entries = cast("dict[bytes, bytes]", page)  # The client does not decode responses.
-        yield [value.decode() for value, count in entries.items() if int(count) > 0]
-        if not cursor:
-            return
+    for page in buckets.entries(client, counter, batch_size):
+        yield [v.decode() for bucket in page for v, count in bucket.items() if int(count) > 0]
 
 
 def _next_batch(batches: Iterator[list[str]]) -> list[str] | None:

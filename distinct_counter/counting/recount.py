@@ -10,6 +10,7 @@ from typing import Any
 
 from django.db import DatabaseError, connections, transaction
 
+from distinct_counter.counting.buckets import hash_of
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.registry import Counter
 from distinct_counter.counting.scan import grouped_counts
@@ -83,8 +84,8 @@ def _recount(counter: Counter, client: Any, using: str, values: list[str]) -> fl
             counts[text] += n
     args: list[Any] = []
     for text, n in counts.items():
-        args += [text, n]
-    return as_seconds(run_script(client, SET_COUNTS, [counter.key("values")], args))
+        args += [text, hash_of(text), n]
+    return as_seconds(run_script(client, SET_COUNTS, [counter.key("meta")], args))
 
 
 #: How long the last resort of a rebuild may wait for its table lock before giving up.

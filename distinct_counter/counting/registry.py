@@ -73,8 +73,8 @@ class Counter:
         return f"{conf.KEY_PREFIX}:{{{self.label}}}:{part}"
 
     def hot_keys(self) -> tuple[str, ...]:
-        """The keys every write (``scripts.APPLY``) names: values, meta, journal_on,
-        journal, missed and pending (reads the first two), built once per ``KEY_PREFIX``."""
+        """The keys every write (``scripts.APPLY``) names: meta, journal_on, journal,
+        missed and pending, built once per ``KEY_PREFIX``."""
         return _hot_keys(self, conf.KEY_PREFIX)
 
     def normalize(self, value: Any) -> str | None:
@@ -89,7 +89,7 @@ class Counter:
 
 @functools.lru_cache(maxsize=4096)
 def _hot_keys(counter: Counter, prefix: str) -> tuple[str, ...]:
-    parts = ("values", "meta", "journal_on", "journal", "missed", "pending")
+    parts = ("meta", "journal_on", "journal", "missed", "pending")
     return tuple(counter.key(part) for part in parts)
 
 
