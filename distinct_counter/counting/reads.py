@@ -52,8 +52,9 @@ def _redis_read(counter: Counter, *values: str) -> tuple[str, list[Any]]:
     sender.flush()
     alias = conf.CACHE
     gate = breaker(alias)
+    unknown: list[Any] = [None] * (1 + len(values))
     if not gate.allow():
-        return "unreachable", []
+        return "unreachable", unknown
     meta = counter.hot_keys()[0]
     args = [x for v in values for x in (v, hash_of(v))]
     for _ in range(2):
@@ -74,7 +75,7 @@ def _redis_read(counter: Counter, *values: str) -> tuple[str, list[Any]]:
                 reply = round_trip(client, ("HMGET", meta, "state", "len"))[0]
         except REDIS_ERRORS as exc:
             gate.failure(exc)
-            return "unreachable", []
+            return "unreachable", unknown
         stale.reached(alias)
         if synced or not gate.allow():  # Not copied: this process still knows its marks.
             break

@@ -88,11 +88,39 @@ local function bucket(m, value, h)
   if b < m.n - level then b = h % (level * 2) end
   return m.base .. b
 end
+local function split(m)
+  local level = 1
+  while level * 2 <= m.n do level = level * 2 end
+  local s = m.n - level
+  local from, to = m.base .. s, m.base .. m.n
+  local entries = redis.call('HGETALL', from)
+  local kept, moved = {}, {}
+  for i = 1, #entries, 2 do
+    local into = kept
+    if crc32(entries[i]) % (level * 2) ~= s then into = moved end
+    into[#into + 1] = entries[i]
+    into[#into + 1] = entries[i + 1]
+  end
+  -- Both written afresh: a hash Redis once converted from a listpack stays converted.
+  redis.call('DEL', from)
+  for _, part in ipairs({{from, kept}, {to, moved}}) do
+    for i = 1, #part[2], 1000 do
+      redis.call('HSET', part[1], unpack(part[2], i, math.min(i + 999, #part[2])))
+    end
+  end
+  m.n = m.n + 1
+end
+local function grow(m)
+  while m.len > m.n * LOAD do split(m) end
+end
 local function add(m, value, delta, h)
   local key = bucket(m, value, h)
   delta = tonumber(delta)
   local new = redis.call('HINCRBY', key, value, delta)
-  if new == delta then m.len = m.len + 1 end
+  if new == delta then
+    m.len = m.len + 1
+    grow(m)
+  end
   if new == 0 then
     redis.call('HDEL', key, value)
     m.len = m.len - 1
@@ -101,30 +129,13 @@ end
 local function put(m, value, count, h)
   local key = bucket(m, value, h)
   if tonumber(count) == 0 then m.len = m.len - redis.call('HDEL', key, value)
-  else m.len = m.len + redis.call('HSET', key, value, count) end
-end
-local function split(m)
-  local level = 1
-  while level * 2 <= m.n do level = level * 2 end
-  local s = m.n - level
-  local from, to = m.base .. s, m.base .. m.n
-  local entries = redis.call('HGETALL', from)
-  local moved, gone = {}, {}
-  for i = 1, #entries, 2 do
-    if crc32(entries[i]) % (level * 2) ~= s then
-      moved[#moved + 1] = entries[i]
-      moved[#moved + 1] = entries[i + 1]
-      gone[#gone + 1] = entries[i]
-    end
+  else
+    m.len = m.len + redis.call('HSET', key, value, count)
+    grow(m)
   end
-  for i = 1, #gone, 500 do
-    redis.call('HSET', to, unpack(moved, 2 * i - 1, math.min(2 * (i + 499), #moved)))
-    redis.call('HDEL', from, unpack(gone, i, math.min(i + 499, #gone)))
-  end
-  m.n = m.n + 1
 end
 local function save(m)
-  while m.len > m.n * LOAD do split(m) end
+  grow(m)
   redis.call('HSET', m.header, 'n', m.n, 'len', m.len)
 end
 """

@@ -26,19 +26,21 @@ GETS_PER_SAMPLE = 20
 
 
 def get_vs_hlen(counters: Sequence[Counter], rounds: int) -> list[Figure]:
-    """``DistinctCount.get`` against a bare ``HLEN`` of its key on the same read client."""
+    """``DistinctCount.get`` against a bare round trip of one command reading a count, on
+    the same read client: an ``HGET`` of the number of values the counter's header keeps
+    (what an ``HLEN`` was when the values were one hash)."""
     client = get_client(conf.CACHE, write=False)
     figures = []
     for counter in counters:
-        field, key = counter.field.name, counter.key("values")
+        field, key = counter.field.name, counter.key("meta")
         ops = {
             "get": timed(lambda: DistinctCount.get(field, Message)),  # noqa: B023
-            "hlen": timed(lambda: client.hlen(key)),  # noqa: B023
+            "hlen": timed(lambda: client.hget(key, "len")),  # noqa: B023
         }
         times = interleaved(ops, rounds, warmup=50)
         figures.append(
             ratio_of_medians(
-                f"DistinctCount.get('{field}') / HLEN",
+                f"DistinctCount.get('{field}') / HGET",
                 times["get"],
                 times["hlen"],
                 1.2,

