@@ -115,6 +115,16 @@ def test_a_first_rebuild_grows_its_map_to_the_values_it_finds() -> None:
     assert not master().exists("distinct_counter:{testapp.message.username}:old")
 
 
+def test_a_first_rebuild_sizes_its_map_by_postgresqls_estimate() -> None:
+    create(5000)
+    with connection.cursor() as cur:
+        cur.execute("ANALYZE testapp_message")
+    call_command("rebuild_counts", "testapp.Message", verbosity=0)
+    found = buckets.header(master(), resolve("username", Message).key("meta"))
+    assert found is not None and found[1] == buckets.sized(5000)  # no growth on the way
+    assert_layout()
+
+
 def test_a_rebuild_leaves_only_the_new_buckets() -> None:
     create(2000)
     call_command("rebuild_counts", "testapp.Message", verbosity=0)
