@@ -281,17 +281,23 @@ class _Filler:
     def store(self, batch: dict[str, int], *extra: tuple[Any, ...]) -> None:
         """Store ``batch`` (and send ``extra`` commands in the same round trip)."""
         while self.len + len(batch) > 2 * self.n * buckets.LOAD:
-            target = 2 * self.n
-            while int(run_script(self.client, GROW, [self.key], [256])) < target:
-                pass
-            self.n = target
+            self.n = self.grow(2 * self.n)  # a power of two still: buckets.grouped's
         by = buckets.grouped(batch.items(), self.n)
         hsets = [("HSET", buckets.bucket_key(self.counter, self.gen, b), *f) for b, f in by.items()]
         replies = round_trip(self.client, *hsets, *extra)
         self.len += sum(int(r) for r in replies[: len(hsets)])  # new fields only
 
+    def grow(self, target: int) -> int:
+        """Split buckets until the map has ``target`` (0: as many as its values need), 256
+        splits per call: the swap, atomic, is left with few splits or none."""
+        while True:
+            n = int(run_script(self.client, GROW, [self.key], [256, self.len, target]))
+            if n >= max(target, -(-self.len // buckets.LOAD)):
+                return n
+
     def finish(self) -> None:
-        self.client.hset(self.key, "len", self.len)
+        """Leave the map with as many buckets as its values need, and their number."""
+        self.n = self.grow(0)
 
 
 def _pin_snapshot(

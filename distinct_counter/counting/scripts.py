@@ -265,17 +265,17 @@ return out
 """
 )
 
-# KEYS: a rebuild's tmp header. ARGV: the most splits to make. Grows a map to twice its
-# buckets, a slice at a time, when the rebuild found more values than it sized it for;
-# returns the buckets it has then.
+# KEYS: a rebuild's tmp header. ARGV: the most splits to make, the values the map holds,
+# the buckets to reach (0: as many as those values need). Grows a map a slice of splits at
+# a time, so no call blocks Redis for long; returns the buckets it has then.
 GROW = Script(
     _MAP
     + """
 local m = open(KEYS[1])
-local level = 1
-while level * 2 <= m.n do level = level * 2 end
-for _ = 1, math.min(tonumber(ARGV[1]), 2 * level - m.n) do split(m) end
-redis.call('HSET', m.header, 'n', m.n)
+m.len = tonumber(ARGV[2])
+local target = math.max(tonumber(ARGV[3]), math.ceil(m.len / LOAD))
+for _ = 1, math.min(tonumber(ARGV[1]), target - m.n) do split(m) end
+redis.call('HSET', m.header, 'n', m.n, 'len', m.len)
 return m.n
 """
 )
