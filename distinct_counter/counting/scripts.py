@@ -73,6 +73,7 @@ end
 local function map(header, gen, n, len)
   local m = {header = header, gen = gen, n = tonumber(n), len = tonumber(len) or 0}
   m.base = string.match(header, '^(.*:)') .. 'b:' .. gen .. ':'
+  m.saved = m.n .. ':' .. m.len
   return m
 end
 local function open(header)
@@ -136,7 +137,7 @@ local function put(m, value, count, h)
 end
 local function save(m)
   grow(m)
-  redis.call('HSET', m.header, 'n', m.n, 'len', m.len)
+  if m.n .. ':' .. m.len ~= m.saved then redis.call('HSET', m.header, 'n', m.n, 'len', m.len) end
 end
 """
 )
