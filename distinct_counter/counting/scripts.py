@@ -74,6 +74,8 @@ local function map(header, gen, n, len)
   local m = {header = header, gen = gen, n = tonumber(n), len = tonumber(len) or 0}
   m.base = string.match(header, '^(.*:)') .. 'b:' .. gen .. ':'
   m.saved = m.n .. ':' .. m.len
+  m.level = 1
+  while m.level * 2 <= m.n do m.level = m.level * 2 end
   return m
 end
 local function open(header)
@@ -83,15 +85,12 @@ local function open(header)
 end
 local function bucket(m, value, h)
   h = tonumber(h) or crc32(value)
-  local level = 1
-  while level * 2 <= m.n do level = level * 2 end
-  local b = h % level
-  if b < m.n - level then b = h % (level * 2) end
+  local b = h % m.level
+  if b < m.n - m.level then b = h % (m.level * 2) end
   return m.base .. b
 end
 local function split(m)
-  local level = 1
-  while level * 2 <= m.n do level = level * 2 end
+  local level = m.level
   local s = m.n - level
   local from, to = m.base .. s, m.base .. m.n
   local entries = redis.call('HGETALL', from)
@@ -110,6 +109,7 @@ local function split(m)
     end
   end
   m.n = m.n + 1
+  if m.n == level * 2 then m.level = m.n end
 end
 local function grow(m)
   while m.len > m.n * LOAD do split(m) end
