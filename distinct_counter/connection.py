@@ -8,6 +8,7 @@ request wait out redis-py's default 5 s timeouts.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -95,10 +96,10 @@ def _make_client(alias: str, write: bool) -> redis.Redis:
 #: redis-py 5.3 deprecated the command name that older versions require.
 _NAMED = tuple(int(p) for p in redis.__version__.split(".")[:2]) < (5, 3)
 
-try:  # hiredis (optional, hiredis-py >= 2.1) packs a command in C
-    from hiredis import pack_command as _pack_command
+try:  # hiredis (optional; pack_command since hiredis-py 2.1) packs a command in C
+    _pack_command: Any = getattr(importlib.import_module("hiredis"), "pack_command", None)
 except ImportError:  # pragma: no cover - hiredis is in every extra of this package
-    _pack_command = None  # type: ignore[assignment]
+    _pack_command = None
 
 
 def _packed(conn: Any, commands: tuple[tuple[Any, ...], ...]) -> list[bytes]:
