@@ -57,18 +57,22 @@ def header(client: Any, key: str) -> tuple[str, int, int] | None:
     return _text(gen), int(n), int(length or 0)
 
 
+def keys(client: Any, counter: Counter, part: str) -> list[str]:
+    """The bucket keys of the map whose header is ``counter.key(part)`` (none without one)."""
+    found = header(client, counter.key(part))
+    if found is None:
+        return []
+    gen, n, _ = found
+    return [bucket_key(counter, gen, i) for i in range(n)]
+
+
 def drop(client: Any, counter: Counter, part: str, chunk: int = 1000) -> None:
     """Delete the map whose header is ``counter.key(part)``: its buckets a chunk at a time
     (``UNLINK``, freed off Redis's main thread), then the header."""
-    key = counter.key(part)
-    found = header(client, key)
-    if found is not None:
-        gen, n, _ = found
-        for start in range(0, n, chunk):
-            client.unlink(
-                *(bucket_key(counter, gen, i) for i in range(start, min(n, start + chunk)))
-            )
-    client.unlink(key)
+    found = keys(client, counter, part)
+    for start in range(0, len(found), chunk):
+        client.unlink(*found[start : start + chunk])
+    client.unlink(counter.key(part))
 
 
 def entries(

@@ -8,14 +8,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.db import models
-from redis.exceptions import NoScriptError
 
-from distinct_counter.connection import REDIS_ERRORS, breaker, get_client, round_trip
+from distinct_counter.connection import REDIS_ERRORS, breaker, get_client
 from distinct_counter.counting import background, stale
 from distinct_counter.counting.buckets import hash_of
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.registry import Counter
-from distinct_counter.counting.scripts import APPLY
+from distinct_counter.counting.scripts import APPLY, run_all
 from distinct_counter.counting.values import text_as_is
 from distinct_counter.exceptions import CounterUnavailable
 
@@ -138,23 +137,7 @@ def deliver(batch: Sequence[Sent]) -> BaseException | None:
     if gate.allow():
         calls = [_apply(deltas, txid) for deltas, txid in batch]
         try:
-            replies = round_trip(
-                get_client(alias),
-                *(("EVALSHA", APPLY.sha, len(k), *k, *a) for k, a in calls),
-                raise_on_error=False,
-            )
-            again = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-            if again:
-                retried = round_trip(
-                    get_client(alias),
-                    *(
-                        ("EVAL", APPLY.source, len(calls[i][0]), *calls[i][0], *calls[i][1])
-                        for i in again
-                    ),
-                    raise_on_error=False,
-                )
-                for i, reply in zip(again, retried, strict=True):
-                    replies[i] = reply
+            replies = run_all(get_client(alias), [(APPLY, keys, args) for keys, args in calls])
         except REDIS_ERRORS as exc:
             error = exc
         else:

@@ -17,7 +17,6 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.db import models, router
 from django.db.models import Count
-from redis.exceptions import NoScriptError
 
 from distinct_counter.connection import REDIS_ERRORS, breaker, get_client, round_trip
 from distinct_counter.counting import buckets, stale
@@ -25,7 +24,7 @@ from distinct_counter.counting.buckets import hash_of
 from distinct_counter.counting.conf import conf
 from distinct_counter.counting.deltas import sender
 from distinct_counter.counting.registry import Counter, resolve
-from distinct_counter.counting.scripts import READ
+from distinct_counter.counting.scripts import READ, run_all
 from distinct_counter.exceptions import CounterUnavailable
 
 
@@ -64,12 +63,8 @@ def _redis_read(counter: Counter, *values: str) -> tuple[str, list[Any]]:
         try:
             client = get_client(alias, write=False)
             if values:  # The values' buckets depend on the map's size: read in a script.
-                reply = round_trip(
-                    client, ("EVALSHA", READ.sha, 1, meta, *args), raise_on_error=False
-                )[0]
-                if isinstance(reply, NoScriptError):
-                    reply = round_trip(client, ("EVAL", READ.source, 1, meta, *args))[0]
-                elif isinstance(reply, Exception):
+                reply = run_all(client, [(READ, [meta], args)])[0]
+                if isinstance(reply, Exception):
                     raise reply
             else:
                 reply = round_trip(client, ("HMGET", meta, "state", "len"))[0]

@@ -8,10 +8,12 @@ doubling the round trips of each write.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 
+from distinct_counter.connection import round_trip
 from distinct_counter.counting import buckets
 
 
@@ -309,6 +311,31 @@ def run_script(client: Any, script: Script, keys: list[str], args: list[Any]) ->
         return client.evalsha(script.sha, len(keys), *keys, *args)
     except redis.exceptions.NoScriptError:
         return client.eval(script.source, len(keys), *keys, *args)
+
+
+def run_all(client: Any, calls: Sequence[tuple[Script, list[str], list[Any]]]) -> list[Any]:
+    """Run ``(script, keys, args)`` calls in one round trip (``connection.round_trip``: the
+    hot paths' way), each by SHA1; those Redis answers NOSCRIPT are sent again with their
+    source, and only those, so none runs twice. Returns the replies in order, an error reply
+    in its place."""
+    replies = round_trip(
+        client,
+        *(("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls),
+        raise_on_error=False,
+    )
+    again = [i for i, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)]
+    if again:
+        retried = round_trip(
+            client,
+            *(
+                ("EVAL", calls[i][0].source, len(calls[i][1]), *calls[i][1], *calls[i][2])
+                for i in again
+            ),
+            raise_on_error=False,
+        )
+        for i, reply in zip(again, retried, strict=True):
+            replies[i] = reply
+    return replies
 
 
 def execute(pipe: Any) -> list[Any]:

@@ -89,15 +89,6 @@ def other_servers(live: Server) -> Iterator[list[Server]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def bucket_keys(client: redis.Redis, counter: Counter) -> list[str]:
-    """The keys of the counter's buckets (``counting.buckets``), from its header."""
-    found = buckets.header(client, counter.key("meta"))
-    if found is None:
-        return []
-    gen, n, _ = found
-    return [buckets.bucket_key(counter, gen, i) for i in range(n)]
-
-
 def copy_map(src: redis.Redis, dst: redis.Redis, counter: Counter) -> None:
     """The counter's header and buckets of ``src`` into ``dst`` (HGETALL, HSET), under the
     same compact-encoding limits."""
@@ -107,7 +98,7 @@ def copy_map(src: redis.Redis, dst: redis.Redis, counter: Counter) -> None:
     meta = counter.key("meta")
     dst.delete(meta)
     dst.hset(meta, mapping=src.hgetall(meta))  # type: ignore[arg-type]
-    keys = bucket_keys(src, counter)
+    keys = buckets.keys(src, counter, "meta")
     for start in range(0, len(keys), COPY_BATCH // buckets.LOAD):
         chunk = keys[start : start + COPY_BATCH // buckets.LOAD]
         read = src.pipeline(transaction=False)
@@ -126,7 +117,7 @@ def bytes_per_value(counter: Counter, server: Server) -> Figure:
     its number of values."""
     client, meta = server.client, counter.key("meta")
     values = int(client.hget(meta, "len") or 0)
-    keys = bucket_keys(client, counter)
+    keys = buckets.keys(client, counter, "meta")
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.memory_usage(key, samples=0)
