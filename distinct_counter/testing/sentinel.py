@@ -138,6 +138,14 @@ class SentinelServer(ServerProcess):
                 return (str(reply[0]), int(reply[1]))
         return None
 
+    def sees_master_up(self) -> bool:
+        """Whether this sentinel sees its master up, with no failover of it under way: not
+        subjectively or objectively down (a sentinel that lost sight of a just-promoted
+        master can fail it over again, to another replica)."""
+        with contextlib.suppress(redis.RedisError):
+            return _flags(self.command("master", self.service)) == "master"
+        return False
+
     def knows(self, replicas: int, sentinels: int) -> bool:
         """Whether this sentinel sees ``replicas`` replicas up and ``sentinels`` other
         sentinels: before that, a failover may lack its quorum or a replica to promote."""
@@ -269,13 +277,16 @@ class SentinelGroup(ServerGroup):
         return next((n for n in self.nodes if n.port == port), None)
 
     def wait_for_failover(self, old: RedisServer, timeout: float = 15) -> RedisServer:
-        """Wait until every sentinel names a new master in place of ``old`` and that node
-        says it is master; return it. The other replicas may still be resyncing."""
+        """Wait until every sentinel names a new master in place of ``old``, sees it up with
+        no failover under way, and that node says it is master; return it. The other
+        replicas may still be resyncing."""
         found: list[RedisServer] = []
 
         def promoted() -> bool:
             new = self.master_now()
             if new is None or new is old or replication(new).get("role") != "master":
+                return False
+            if not all(s.sees_master_up() for s in self.sentinels if s.is_running()):
                 return False
             found.append(new)
             return True
