@@ -12,6 +12,7 @@ import importlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -114,6 +115,10 @@ def _packed(conn: Any, commands: tuple[tuple[Any, ...], ...]) -> list[bytes]:
     return list(conn.pack_commands(commands))
 
 
+#: Commands packed and sent at once by :func:`round_trip`.
+_SLICE = 1000
+
+
 def round_trip(
     client: redis.Redis, *commands: tuple[Any, ...], raise_on_error: bool = True
 ) -> list[Any]:
@@ -130,23 +135,39 @@ def round_trip(
     pool = client.connection_pool
     conn: Any = pool.get_connection(commands[0][0]) if _NAMED else pool.get_connection()
     try:
-        conn.send_packed_command(_packed(conn, commands))
-        replies: list[Any] = []
-        error: redis.ResponseError | None = None
-        for _ in commands:
-            try:
-                replies.append(conn.read_response())
-            except redis.ResponseError as exc:  # Redis answered: the connection is fine
-                error = error or exc
-                replies.append(exc)
+        # Sent a slice at a time: Redis runs the first commands while the next are packed.
+        for start in range(0, len(commands), _SLICE):
+            conn.send_packed_command(_packed(conn, commands[start : start + _SLICE]))
+        read = _reader(conn)
+        replies = [read() for _ in commands]
     except BaseException:
         conn.disconnect()
         raise
     finally:
         pool.release(conn)
-    if error is not None and raise_on_error:
-        raise error
+    if raise_on_error:
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
     return replies
+
+
+def _reader(conn: Any) -> Callable[[], Any]:
+    """How to read ``conn``'s next reply, an error reply returned, not raised: its parser's
+    own read. The connection's ``read_response`` formats the server's address, for an error
+    message, before every reply: 1.4 µs each, 55 ms of a rebuild's 39,000 ``HSET`` replies.
+    A failure it would wrap (``socket.timeout``, ``OSError``) is in ``REDIS_ERRORS`` as is."""
+    parser = getattr(conn, "_parser", None)
+    if parser is not None:
+        return parser.read_response  # type: ignore[no-any-return]
+
+    def read() -> Any:
+        try:
+            return conn.read_response()
+        except redis.ResponseError as exc:  # Redis answered: the connection is fine
+            return exc
+
+    return read
 
 
 class Breaker:

@@ -103,14 +103,15 @@ def grouped(values: Iterable[tuple[str, Any]], n: int) -> dict[int, list[Any]]:
     """``(value, count)`` pairs grouped by bucket, of a map of ``n`` buckets (a power of
     two): ``{bucket: [value, count, value, count...]}``, for one ``HSET`` per bucket."""
     mask = n - 1
-    pairs = list(values)
     by: dict[int, list[Any]] = {}
-    for pair, h in zip(pairs, map(zlib.crc32, map(str.encode, (v for v, _ in pairs))), strict=True):
-        found = by.get(h & mask)
+    get, crc32 = by.get, zlib.crc32  # a rebuild's hottest loop: half the time of a zip of maps
+    for value, count in values:
+        b = crc32(value.encode()) & mask
+        found = get(b)
         if found is None:
-            by[h & mask] = [*pair]
+            by[b] = [value, count]
         else:
-            found += pair
+            found += (value, count)
     return by
 
 

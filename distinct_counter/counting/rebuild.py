@@ -270,6 +270,7 @@ class _Filler:
     def __init__(self, client: Any, counter: Counter, expected: int) -> None:
         self.client, self.counter, self.key = client, counter, counter.key("tmp")
         self.gen = str(client.incr(counter.key("gen")))
+        self.prefix = buckets.bucket_key(counter, self.gen, 0)[:-1]  # built once, not per HSET
         self.n, self.len = buckets.sized(expected), 0
         client.hset(self.key, mapping={"gen": self.gen, "n": self.n, "len": 0})
 
@@ -283,7 +284,7 @@ class _Filler:
         while self.len + len(batch) > 2 * self.n * buckets.LOAD:
             self.n = self.grow(2 * self.n)  # a power of two still: buckets.grouped's
         by = buckets.grouped(batch.items(), self.n)
-        hsets = [("HSET", buckets.bucket_key(self.counter, self.gen, b), *f) for b, f in by.items()]
+        hsets = [("HSET", f"{self.prefix}{b}", *f) for b, f in by.items()]
         replies = round_trip(self.client, *hsets, *extra)
         self.len += sum(int(r) for r in replies[: len(hsets)])  # new fields only
 
