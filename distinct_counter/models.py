@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from django.db import connections, models, router, transaction
 
+from distinct_counter.counting.commit import txid_known
 from distinct_counter.counting.handlers import (
     IN_UPDATE,
     computed,
@@ -105,9 +106,12 @@ class CountedModel(models.Model):
         row's absence locked first, as every insert of an explicit pk takes it
         (``rows.lock_absent``)."""
         stash = old_values(self)
+        connection = connections[using]
         insert = (
             self._insert_returning_txid
-            if stash is not None and connections[using].vendor == "postgresql"
+            if stash is not None
+            and connection.vendor == "postgresql"
+            and not txid_known(connection)  # the id of a transaction is asked for once
             else super()._do_insert  # type: ignore[misc]
         )
         if stash is None or stash[1] is not None or self._state.adding:

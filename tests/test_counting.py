@@ -251,6 +251,15 @@ def test_a_transaction_reaches_redis_in_one_call() -> None:
     assert_exact()
 
 
+def test_a_transaction_asks_for_its_id_once() -> None:
+    with CaptureQueriesContext(connection) as ctx, transaction.atomic():
+        for i in range(5):
+            Message.objects.create(username=f"u{i}", city="Paris")
+    asked = [q for q in ctx.captured_queries if "pg_current_xact_id" in q["sql"]]
+    assert len(asked) == (1 if connection.vendor == "postgresql" else 0)
+    assert_exact()
+
+
 # -- several models ----------------------------------------------------------------------------
 
 

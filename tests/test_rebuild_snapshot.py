@@ -39,6 +39,13 @@ def _save_in_atomic(n: int) -> None:
         Message.objects.filter(username=f"u{n}").update(city=f"Lateville{n}")
 
 
+def _creates_in_atomic(n: int) -> None:
+    # Only the first INSERT returns the transaction's id; the others' deltas share it.
+    with transaction.atomic():
+        for i in range(3):
+            Message.objects.create(username=f"late{n}-{i}", city=f"Lateville{i}")
+
+
 def _model_delete(n: int) -> None:
     Message.objects.get(username=f"u{n}").delete()
 
@@ -68,6 +75,7 @@ WRITES: dict[str, Callable[[int], None]] = {
         _save_new,
         _save_changed,
         _save_in_atomic,
+        _creates_in_atomic,
         _model_delete,
         _queryset_delete,
         _queryset_update,

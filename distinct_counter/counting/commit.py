@@ -97,6 +97,14 @@ def _on_commit(using: str, deltas: Deltas, marks: Marks, txid: str | None = None
     part.batch = hooks[at + 1][1]
 
 
+def txid_known(conn: Any) -> bool:
+    """Whether the transaction open on ``conn`` already knows its id (an earlier write of it
+    read it): a write need not ask for it again."""
+    if not conn.in_atomic_block:
+        return False
+    return any(isinstance(h[1], _Batch) and h[1].txid is not None for h in conn.run_on_commit)
+
+
 def current_txid(conn: Any) -> str | None:
     """The id of the transaction open on ``conn`` (PostgreSQL; None elsewhere): one query,
     for the writes whose own statement could not return it."""
