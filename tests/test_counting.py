@@ -335,6 +335,42 @@ def test_queryset_update_reads_old_values_in_the_same_statement_or_one_query() -
     assert_exact()
 
 
+def test_queryset_update_of_every_shape_of_filter() -> None:
+    # Filters of the table alone (its WHERE used as is), every row, across a join, through
+    # a subquery, with extra() and with an annotation (all rows read by pk): each stays exact.
+    authors = AuthorFactory.create_batch(3)
+    for i in range(30):
+        ItemFactory(author=authors[i % 3], qty=i % 4, label=f"l{i % 5}")
+    updates = [
+        lambda: Item.objects.filter(pk__gte=Item.objects.order_by("pk")[10].pk),
+        lambda: Item.objects.all(),
+        lambda: Item.objects.exclude(pk__in=[]),
+        lambda: Item.objects.filter(author__name=authors[1].name),
+        lambda: Item.objects.filter(pk__in=Item.objects.filter(qty=2).values("pk")),
+        lambda: Item.objects.extra(where=["qty >= %s"], params=[2]),
+        lambda: Item.objects.annotate(twice=F("qty") * 2).filter(twice__gte=4),
+        lambda: Item.objects.filter(label="l1").distinct(),
+        lambda: Item.objects.none(),
+    ]
+    for i, rows in enumerate(updates):
+        expected = rows().count()
+        assert rows().update(label=f"new{i}", qty=i) == expected, i
+        assert_exact(Item, ITEM_FIELDS)
+
+
+def test_queryset_update_of_a_range_of_pks_reads_it_by_its_own_where() -> None:
+    # A range of pks is read by its range (an index), not by "pk IN (subquery)", which
+    # PostgreSQL answered by reading the whole table.
+    first = MessageFactory.create_batch(20)[5].pk
+    with CaptureQueriesContext(connection) as ctx:
+        Message.objects.filter(pk__gte=first).update(city="Rome")
+    [statement] = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith("WITH")] or [""]
+    if connection.vendor == "postgresql":
+        reads = statement.split("), _dc_new")[0]
+        assert reads.endswith(f'FROM "testapp_message" WHERE "testapp_message"."id" >= {first}')
+    assert_exact()
+
+
 def test_update_of_uncounted_fields_costs_no_extra_query() -> None:
     MessageFactory.create_batch(5)
     with CaptureQueriesContext(connection) as ctx:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from django.core.exceptions import EmptyResultSet
+from django.core.exceptions import EmptyResultSet, FullResultSet
 from django.db import connections, models
 from django.db.models.sql import DeleteQuery, InsertQuery, UpdateQuery
 
@@ -172,6 +172,39 @@ def delete_returning(
     return sum(g[-1] for g in groups), deltas, (groups[0][-2] if groups else None)
 
 
+def _rows_of(queryset: models.QuerySet[Any], columns: list[str]) -> tuple[str, list[Any]]:
+    """``SELECT columns`` (SQL of the table's own columns, unqualified) of the rows of
+    ``queryset``: with its ``WHERE`` as is when it reads its table alone, as Django's own
+    UPDATE does (a range of pks is then a range of an index); else ``WHERE pk IN (its
+    query)``, which PostgreSQL may answer by reading the whole table.
+
+    :raises EmptyResultSet: the queryset matches nothing by construction.
+    """
+    db = queryset.db
+    qn = connections[db].ops.quote_name
+    meta = queryset.model._meta
+    table = qn(meta.db_table)
+    query = queryset.order_by().query.chain()
+    query.get_initial_alias()
+    if (
+        query.count_active_tables() > 1
+        or query.distinct
+        or query.combinator
+        or query.group_by is not None
+        or query.annotations
+    ):
+        inner, params = queryset.order_by().values("pk").query.get_compiler(db).as_sql()
+        listed = ", ".join(f"r.{c}" for c in columns)
+        key = qn(str(meta.pk.column))
+        return f"SELECT {listed} FROM {table} AS r WHERE r.{key} IN ({inner})", list(params)
+    listed = ", ".join(f"{table}.{c}" for c in columns)
+    try:
+        where, params = query.get_compiler(db).compile(query.where)
+    except FullResultSet:  # every row
+        return f"SELECT {listed} FROM {table}", []
+    return f"SELECT {listed} FROM {table} WHERE {where}", list(params)
+
+
 def update_returning(
     queryset: models.QuerySet[Any], kwargs: dict[str, Any], counters: Sequence[Counter]
 ) -> tuple[int, Deltas, list[Any], str | None]:
@@ -193,25 +226,26 @@ def update_returning(
     meta = queryset.model._meta
     qn = connection.ops.quote_name
     table, key = qn(meta.db_table), qn(str(meta.pk.column))
+    columns = list(dict.fromkeys(qn(str(c.field.column)) for c in counters))
     try:
-        inner, inner_params = queryset.order_by().values("pk").query.get_compiler(db).as_sql()
+        picked = ["ctid AS _dc_tid", f"{key} AS _dc_pk", *columns]
+        rows_sql, rows_params = _rows_of(queryset, picked)
     except EmptyResultSet:
         return 0, {}, [], None
     set_sql, set_params = _set_clause(queryset.model, db, kwargs)
-    columns = list(dict.fromkeys(qn(str(c.field.column)) for c in counters))
-    old = ", ".join(f"o.{c}" for c in columns)
+    old = ", ".join(f"n.{c}" for c in columns)
+    # The skipped rows are looked for only when fewer rows were updated than read.
     sql = (
-        f"WITH _dc_old AS MATERIALIZED (SELECT r.ctid AS _dc_tid, r.{key} AS _dc_pk, "
-        f"{', '.join(f'r.{c}' for c in columns)} FROM {table} AS r WHERE r.{key} IN ({inner})), "
+        f"WITH _dc_old AS MATERIALIZED ({rows_sql}), "
         f"_dc_new AS ({set_sql} FROM _dc_old WHERE {table}.ctid = _dc_old._dc_tid "
-        f"RETURNING _dc_old._dc_pk) "
-        f"SELECT false, {old}, {TXID}, count(*), NULL FROM _dc_old AS o "
-        f"WHERE o._dc_pk IN (SELECT _dc_pk FROM _dc_new) GROUP BY {old} "
+        f"RETURNING _dc_old._dc_pk, {', '.join(f'_dc_old.{c}' for c in columns)}) "
+        f"SELECT false, {old}, {TXID}, count(*), NULL FROM _dc_new AS n GROUP BY {old} "
         f"UNION ALL SELECT true, {', '.join('NULL' for _ in columns)}, NULL, 0, o._dc_pk "
-        f"FROM _dc_old AS o WHERE o._dc_pk NOT IN (SELECT _dc_pk FROM _dc_new)"
+        f"FROM _dc_old AS o WHERE (SELECT count(*) FROM _dc_new) < (SELECT count(*) FROM _dc_old) "
+        f"AND o._dc_pk NOT IN (SELECT _dc_pk FROM _dc_new)"
     )
     with connection.cursor() as cur:
-        cur.execute(sql, [*inner_params, *set_params])
+        cur.execute(sql, [*rows_params, *set_params])
         rows = cur.fetchall()
     groups = [r for r in rows if not r[0]]
     deltas: Deltas = {}
