@@ -401,6 +401,28 @@ def test_queryset_delete() -> None:
     assert_exact()
 
 
+def test_queryset_delete_of_rows_with_nulls_in_many_counted_fields() -> None:
+    # Each counted column grouped apart: a NULL is no value, and never taken for "this
+    # column was not grouped here".
+    author = AuthorFactory()
+    for i in range(40):
+        Item.objects.create(
+            qty=i % 3 if i % 4 else None,
+            label=None if i % 5 == 0 else f"l{i % 6}",
+            flag=None if i % 2 else bool(i % 3),
+            author=author if i % 7 else None,
+        )
+    Item.objects.filter(qty__isnull=True).delete()
+    assert_exact(Item, ITEM_FIELDS)
+    some = Item.objects.filter(label__in=["l1", "l2"])
+    expected = some.count()
+    assert expected and some.delete()[0] == expected
+    assert_exact(Item, ITEM_FIELDS)
+    left = Item.objects.count()
+    assert Item.objects.all().delete()[0] == left
+    assert_exact(Item, ITEM_FIELDS)
+
+
 def test_queryset_delete_is_one_statement_when_nothing_cascades() -> None:
     MessageFactory.create_batch(40)
     paris = Message.objects.filter(city="Paris").count()

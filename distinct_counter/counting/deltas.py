@@ -58,8 +58,9 @@ def tally_counts(
 ) -> None:
     """Add ``sign * rows`` to ``counter``'s delta of each ``(value, rows)``."""
     mine = deltas.setdefault(counter, {})
+    as_is = text_as_is(counter.field)  # then a str is its own text, as in tally
     for value, n in counts:
-        text = counter.normalize(value)
+        text = value if as_is and type(value) is str else counter.normalize(value)
         if text is not None:
             mine[text] = mine.get(text, 0) + sign * n
 

@@ -145,8 +145,8 @@ def delete_returning(
     do) in one ``DELETE ... RETURNING``, and return how many rows went and the deltas of
     ``counters``: the values of the rows the statement itself deleted, grouped in the
     database (``WITH gone AS (DELETE ... RETURNING ...) SELECT ..., count(*) ... GROUP
-    BY``), so no row is read, locked or sent twice; and the transaction's id (None when no
-    row went)."""
+    BY GROUPING SETS``), so no row is read, locked or sent twice; and the transaction's id
+    (None when no row went)."""
     query: Any = queryset.query.clone()
     query.__class__ = DeleteQuery  # as Django's own QuerySet._raw_delete()
     connection = connections[queryset.db]
@@ -157,19 +157,28 @@ def delete_returning(
     qn = connection.ops.quote_name
     columns = list(dict.fromkeys(qn(str(c.field.column)) for c in counters))
     listed = ", ".join(columns)
+    # Each column grouped apart (GROUPING SETS): GROUPING(...) has bit i clear in the
+    # groups of column i. Grouping by all columns at once would return about a row per
+    # deleted row when one of them is nearly unique.
+    sets = ", ".join(f"({c})" for c in columns)
     sql = (
         f"WITH _dc_gone AS ({delete_sql} RETURNING {listed}) "
-        f"SELECT {listed}, {TXID}, count(*) FROM _dc_gone GROUP BY {listed}"
+        f"SELECT {listed}, GROUPING({listed}), {TXID}, count(*) FROM _dc_gone "
+        f"GROUP BY GROUPING SETS ({sets})"
     )
     with connection.cursor() as cur:
         cur.execute(sql, params)
         groups = cur.fetchall()
     deltas: Deltas = {}
+    width = len(columns)
     for c in counters:
         at = columns.index(qn(str(c.field.column)))
-        values = _from_db([g[at] for g in groups], c, connection)
-        tally_counts(deltas, c, zip(values, (g[-1] for g in groups), strict=True), -1)
-    return sum(g[-1] for g in groups), deltas, (groups[0][-2] if groups else None)
+        bit = 1 << (width - 1 - at)
+        mine = [g for g in groups if not g[width] & bit]
+        values = _from_db([g[at] for g in mine], c, connection)
+        tally_counts(deltas, c, zip(values, (g[-1] for g in mine), strict=True), -1)
+    first = [g for g in groups if not g[width] & (1 << (width - 1))]  # column 0's groups
+    return sum(g[-1] for g in first), deltas, (groups[0][-2] if groups else None)
 
 
 def _rows_of(queryset: models.QuerySet[Any], columns: list[str]) -> tuple[str, list[Any]]:
