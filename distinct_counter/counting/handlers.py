@@ -65,15 +65,35 @@ def computed(instance: models.Model, counter: Counter) -> bool:
     return counter.generated or value is computed or hasattr(value, "resolve_expression")
 
 
-def computed_in(objs: Sequence[models.Model], counter: Counter) -> bool:
-    """Whether :func:`computed` holds for any of ``objs`` (a bulk write's), judged by the
-    types of their values (a C-speed pass), one call per row only when a type says it may."""
+def held(objs: Sequence[models.Model], counter: Counter) -> list[Any]:
+    """The values of ``counter``'s field as ``objs`` hold them, in one C-speed pass (the
+    :func:`computed` marker for a deferred one)."""
+    return list(map(dict.get, map(vars, objs), repeat(counter.attname), repeat(computed)))
+
+
+def pks_of(objs: Sequence[models.Model]) -> list[Any]:
+    """The pks of ``objs`` (instances of one model), in one C-speed pass where the pk is one
+    column (``obj.pk`` is a Python property: 0.4 µs a row)."""
+    if not objs:
+        return []
+    meta = objs[0]._meta
+    if getattr(meta, "is_composite_pk", False):
+        return [o.pk for o in objs]
+    return list(map(dict.get, map(vars, objs), repeat(meta.pk.attname)))
+
+
+def computed_in(
+    objs: Sequence[models.Model], counter: Counter, values: list[Any] | None = None
+) -> bool:
+    """Whether :func:`computed` holds for any of ``objs`` (a bulk write's), whose
+    :func:`held` values may be given: judged by the types of the values, one check per
+    value only when a type says it may."""
     if counter.generated:
         return True
-    values = map(dict.get, map(vars, objs), repeat(counter.attname), repeat(computed))
+    values = held(objs, counter) if values is None else values
     kinds = set(map(type, values))
     if types.FunctionType in kinds or any(hasattr(k, "resolve_expression") for k in kinds):
-        return any(computed(o, counter) for o in objs)
+        return any(v is computed or hasattr(v, "resolve_expression") for v in values)
     return False
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ from distinct_counter.counting.deltas import (
     tally,
     tally_counts,
 )
-from distinct_counter.counting.handlers import computed_in, prefetched_deletes
+from distinct_counter.counting.handlers import computed_in, held, pks_of, prefetched_deletes
 from distinct_counter.counting.registry import (
     Counter,
     counters_of,
@@ -117,23 +116,24 @@ class CountedQuerySet(models.QuerySet[Any]):
         # Explicit pks take the locks that deletes and updates of missing rows wait on. Not
         # pks of a default (fresh: nobody else can be writing them).
         pk_field: Any = self.model._meta.pk
-        explicit = [] if pk_field.has_default() else [o.pk for o in objs if o.pk is not None]
+        explicit = [] if pk_field.has_default() else [pk for pk in pks_of(objs) if pk is not None]
         with transaction.atomic(using=self.db, savepoint=False):
             lock_absent(self.model, self.db, explicit)
             created = super().bulk_create(objs, **options)
-            unknown = [c for c in counters if computed_in(created, c)]
+            values = {c: held(created, c) for c in counters}
+            unknown = [c for c in counters if computed_in(created, c, values[c])]
             if unknown and any(o.pk is None for o in created):
                 # The database computed values of rows it did not name: nothing to read back.
                 stale_on_commit(self.db, counters, "bulk_create() of computed values, no pks")
                 return created
-            stored = locked_rows(self.model, self.db, [o.pk for o in created], unknown)
+            stored = locked_rows(self.model, self.db, pks_of(created), unknown) if unknown else {}
             deltas: Deltas = {}
             for c in counters:
                 if c in unknown:
                     pks = (canonical_pk(self.model, o.pk) for o in created)
                     tally(deltas, c, (stored[pk][unknown.index(c)] for pk in pks), 1)
                 else:
-                    tally(deltas, c, list(map(operator.attrgetter(c.attname), created)), 1)
+                    tally(deltas, c, values[c], 1)
             record(self.db, deltas)
         return created
 

@@ -118,8 +118,9 @@ local function grow(m)
 end
 local function add(m, value, delta, h)
   local key = bucket(m, value, h)
-  delta = tonumber(delta)
+  -- The delta as sent: a Lua number would be formatted back to text for the command.
   local new = redis.call('HINCRBY', key, value, delta)
+  delta = tonumber(delta)
   if new == delta then
     m.len = m.len + 1
     grow(m)
