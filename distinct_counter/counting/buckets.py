@@ -20,6 +20,8 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from distinct_counter.connection import round_trip
+
 if TYPE_CHECKING:
     from distinct_counter.counting.registry import Counter
 
@@ -67,12 +69,10 @@ def keys(client: Any, counter: Counter, part: str) -> list[str]:
 
 
 def drop(client: Any, counter: Counter, part: str, chunk: int = 1000) -> None:
-    """Delete the map whose header is ``counter.key(part)``: its buckets a chunk at a time
-    (``UNLINK``, freed off Redis's main thread), then the header."""
-    found = keys(client, counter, part)
-    for start in range(0, len(found), chunk):
-        client.unlink(*found[start : start + chunk])
-    client.unlink(counter.key(part))
+    """Delete the map whose header is ``counter.key(part)``, its buckets and then its
+    header, a chunk of keys per ``UNLINK``, all in one round trip."""
+    found = [*keys(client, counter, part), counter.key(part)]
+    round_trip(client, *[("UNLINK", *found[i : i + chunk]) for i in range(0, len(found), chunk)])
 
 
 def entries(
