@@ -42,8 +42,14 @@ def slot(h: int, n: int) -> int:
     return h % (2 * level) if b < n - level else b
 
 
+def bucket_prefix(counter: Counter, gen: Any) -> str:
+    """The keys of the buckets of generation ``gen`` of ``counter``'s map, without the
+    bucket's number."""
+    return counter.key(f"b:{_text(gen)}:")
+
+
 def bucket_key(counter: Counter, gen: Any, i: int) -> str:
-    return counter.key(f"b:{_text(gen)}:{i}")
+    return f"{bucket_prefix(counter, gen)}{i}"
 
 
 def sized(values: int) -> int:

@@ -77,7 +77,7 @@ def _on_commit(using: str, deltas: Deltas, marks: Marks, txid: str | None = None
         _send(deltas, marks, txid)
         return
     hooks: list[Any] = conn.run_on_commit  # Django's (savepoint ids, func, robust) entries
-    at = next((i for i, hook in enumerate(hooks) if isinstance(hook[1], _Batch)), None)
+    at = _batch_at(hooks)
     if at is None:
         at = 0
         hooks.insert(0, (set(), _Batch(), False))
@@ -102,7 +102,13 @@ def txid_known(conn: Any) -> bool:
     read it): a write need not ask for it again."""
     if not conn.in_atomic_block:
         return False
-    return any(isinstance(h[1], _Batch) and h[1].txid is not None for h in conn.run_on_commit)
+    at = _batch_at(conn.run_on_commit)
+    return at is not None and conn.run_on_commit[at][1].txid is not None
+
+
+def _batch_at(hooks: list[Any]) -> int | None:
+    """Where the open transaction's :class:`_Batch` is in its commit hooks, if it has one."""
+    return next((i for i, hook in enumerate(hooks) if isinstance(hook[1], _Batch)), None)
 
 
 def current_txid(conn: Any) -> str | None:

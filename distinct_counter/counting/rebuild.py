@@ -270,7 +270,7 @@ class _Filler:
     def __init__(self, client: Any, counter: Counter, expected: int) -> None:
         self.client, self.counter, self.key = client, counter, counter.key("tmp")
         self.gen = str(client.incr(counter.key("gen")))
-        self.prefix = buckets.bucket_key(counter, self.gen, 0)[:-1]  # built once, not per HSET
+        self.prefix = buckets.bucket_prefix(counter, self.gen)  # built once, not per HSET
         self.n, self.len = buckets.sized(expected), 0
         client.hset(self.key, mapping={"gen": self.gen, "n": self.n, "len": 0})
 
