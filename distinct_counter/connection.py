@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +63,20 @@ def get_client(alias: str, *, write: bool = True) -> redis.Redis:
             if client is None:
                 client = _clients[key] = _make_client(alias, write)
     return client
+
+
+def _forget_after_fork() -> None:
+    """In a forked child, start with new clients, leaving the parent's alone. A lock that
+    one of the parent's threads held when it forked (this module's, or a pool's: redis-py's
+    pool takes its own lock again to reset itself in a child) stays locked in the child,
+    where that thread does not exist, and the child's first command waited forever."""
+    global _lock
+    _lock = threading.Lock()
+    _clients.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _make_client(alias: str, write: bool) -> redis.Redis:

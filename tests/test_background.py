@@ -28,6 +28,8 @@ from django.test import Client
 from django.urls import path
 
 from distinct_counter import DistinctCount
+from distinct_counter.connection import get_client, round_trip
+from distinct_counter.counting.conf import conf
 from distinct_counter.counting.deltas import sender
 from distinct_counter.counting.registry import resolve
 from distinct_counter.models import CounterState
@@ -230,6 +232,38 @@ def test_a_forked_child_does_not_send_its_parents_queue(background: None) -> Non
     assert status == 0
     frequencies_equal_the_database("username")
     frequencies_equal_the_database("city")
+
+
+def test_a_child_forked_while_a_thread_holds_a_pool_lock_still_reaches_redis(
+    background: None,
+) -> None:
+    """A fork while another thread is inside a connection pool (the sender, taking or
+    returning a connection): the child, where that thread does not exist, must not wait on
+    the lock it held."""
+    Message.objects.create(username="before", city="Fork")  # the client and its pool exist
+    pool = get_client(conf.write_cache).connection_pool
+    connection.close()
+    held, forked = threading.Event(), threading.Event()
+
+    def hold() -> None:  # as the sender thread holds it, for a moment, at every send
+        with pool._lock:
+            held.set()
+            forked.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(30)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        signal.alarm(10)  # a child stuck on the inherited lock dies, and the test fails
+        try:
+            round_trip(get_client(conf.write_cache), ("PING",))
+        finally:
+            os._exit(0)
+    forked.set()
+    holder.join(30)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
 
 
 def test_rebuild_with_writes_queued(background: None) -> None:
