@@ -10,7 +10,7 @@ from django.db import connections, models, router, transaction
 from distinct_counter.counting.commit import txid_known
 from distinct_counter.counting.handlers import (
     IN_UPDATE,
-    computed,
+    held_values,
     inserts_fresh,
     old_values,
     reads_in_update,
@@ -52,7 +52,7 @@ class CountedModel(models.Model):
         model = type(self)
         counters = touched(model, update_fields)
         updates = self.pk is not None and not inserts_fresh(self)
-        if not counters or not (updates or any(computed(self, c) for c in counters)):
+        if not counters or not (updates or held_values(self, counters) is None):
             return super().save(*args, **kwargs)
         using = kwargs.get("using", args[2] if len(args) > 2 else None)
         using = using or router.db_for_write(model, instance=self)

@@ -260,6 +260,31 @@ def test_a_transaction_asks_for_its_id_once() -> None:
     assert_exact()
 
 
+def test_a_long_transaction_of_creates_and_deletes_is_exact() -> None:
+    """Thousands of rows, each write's values tallied in batches during the transaction
+    (a thousand at a time), around savepoints kept and rolled back."""
+    cities = [None, "", "Paris", "Lyon", "Rome"]
+    with transaction.atomic():
+        made = [
+            Message.objects.create(username=f"u{i % 300}", city=cities[i % 5]) for i in range(2500)
+        ]
+        for row in made[::2]:
+            row.delete()
+        quarter = [row.pk for row in made[1::4]]
+        with pytest.raises(RuntimeError), transaction.atomic():
+            for i in range(1500):
+                Message.objects.create(username=f"gone{i}", city="Nowhere")
+            for row in made[1::4]:
+                row.delete()
+            raise RuntimeError
+        with transaction.atomic():
+            for pk in quarter:
+                Message.objects.get(pk=pk).delete()
+        Message.objects.create(username="last", city="Oslo")
+    assert not DistinctCount.contains("city", "Nowhere", Message)
+    assert_exact()
+
+
 # -- several models ----------------------------------------------------------------------------
 
 

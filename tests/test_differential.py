@@ -11,10 +11,11 @@ with values and expressions, on ``distinct()`` querysets and across nullable rel
 pk); ``bulk_update`` (any iterable of names, repeated pks, ``batch_size``); ``in_bulk`` and
 delete; deleting owners (CASCADE, SET_NULL, SET_DEFAULT, SET(callable), PROTECT, DO_NOTHING);
 ``loaddata`` over existing rows; ``acreate``, ``asave``, ``adelete``, ``aupdate``,
-``abulk_create``, ``aget_or_create``; and, below, blocks of those in ``transaction.atomic()``
-with a savepoint or the whole block rolled back, and with another app's raising ``on_commit``
-hook. Each applies to a plain model, its proxy, a multi-table parent and both children, a UUID
-pk, counted foreign keys, and a model with a generated field and a database default.
+``abulk_create``, ``aget_or_create``; and, below, blocks of those in ``transaction.atomic()``,
+with writes before, in and after a savepoint, the savepoint or the whole block rolled back,
+and with another app's raising ``on_commit`` hook. Each applies to a plain model, its proxy,
+a multi-table parent and both children, a UUID pk, counted foreign keys, and a model with a
+generated field and a database default.
 
 Each example starts from empty tables and rebuilt counters. The CI profile runs in a few
 minutes; a longer search is::
@@ -75,7 +76,7 @@ steps = st.lists(
         [st.tuples(st.just(op.run), st.fixed_dictionaries(op.args)) for op in OPS if op.nested]
     ),
     min_size=1,
-    max_size=4,
+    max_size=6,
 )
 
 
@@ -91,15 +92,16 @@ class Writes(RuleBasedStateMachine):
 
     @rule(block=steps, rollback=st.sampled_from(["none", "savepoint", "all"]))
     def atomic(self, block: list[Any], rollback: str) -> None:
-        """A block whose second half runs in a savepoint; the savepoint or the whole block may
-        roll back."""
-        half = len(block) // 2
+        """A block whose middle third runs in a savepoint, with writes before and after it;
+        the savepoint or the whole block may roll back."""
+        third = len(block) // 3
         with suppress(Rollback), transaction.atomic():
-            _run(block[:half])
+            _run(block[:third])
             with suppress(Rollback), transaction.atomic():
-                _run(block[half:])
+                _run(block[third : 2 * third])
                 if rollback == "savepoint":
                     raise Rollback
+            _run(block[2 * third :])
             if rollback == "all":
                 raise Rollback
 

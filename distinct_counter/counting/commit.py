@@ -4,7 +4,7 @@ round trip (:class:`_Batch`); a rolled-back transaction or savepoint sends nothi
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.db import connections, transaction
@@ -48,15 +48,36 @@ class _Batch:
 
 
 class _Part:
-    def __init__(self, deltas: Deltas, marks: Marks) -> None:
-        self.deltas = deltas
-        self.marks = marks
+    def __init__(self) -> None:
+        self.deltas: Deltas = {}
+        self.marks: Marks = {}
+        #: Whole rows written with their values known, tallied into :attr:`deltas` a
+        #: thousand at a time and when the part is merged (one append a row till then).
+        self.rows: Rows = {}
         self.batch: _Batch | None = None
 
     def __call__(self) -> None:
         if self.batch is not None:
-            _deltas.merge(self.batch.deltas, self.deltas)
+            _deltas.merge(self.batch.deltas, _tallied(self.deltas, self.rows.values()))
             self.batch.marks.update(self.marks)
+        self.deltas, self.rows = {}, {}  # a connection may hold the part a while (_part)
+
+
+#: Rows of ``counters`` counted with ``sign``: (counters, sign, each row's values).
+RowsOf = tuple[tuple[Counter, ...], int, list[Sequence[Any]]]
+#: Keyed by (id of the counters, sign): a tuple's hash would call each ``Counter.__hash__``.
+Rows = dict[tuple[int, int], RowsOf]
+
+#: How many rows a part holds before it tallies them: its memory stays that of its deltas.
+_TALLY_AT = 1000
+
+
+def _tallied(deltas: Deltas, rows: Iterable[RowsOf]) -> Deltas:
+    """``deltas`` with ``rows`` tallied in, a column at a time (``deltas.tally``)."""
+    for counters, sign, values in rows:
+        for i, counter in enumerate(counters):
+            _deltas.tally(deltas, counter, [row[i] for row in values], sign)
+    return deltas
 
 
 def _send(deltas: Deltas, marks: Marks, txid: str | None) -> None:
@@ -71,30 +92,81 @@ def _send(deltas: Deltas, marks: Marks, txid: str | None) -> None:
     _deltas.send(deltas, txid)
 
 
+def _part(conn: Any, has_deltas: bool, txid: str | None) -> _Part:
+    """The part of the transaction open on ``conn`` that a write made now joins, made when
+    none fits; its batch is given the transaction's id when the write changes a counter.
+
+    The part last joined is kept on ``conn``, with the hook list and savepoints it was
+    found under: Django replaces the list when a transaction ends or a savepoint rolls
+    back, so while both are the same the part is still in the list, the right one for a
+    write under the same savepoints (a transaction of many writes looks it up once). Kept
+    until the connection's next counted write, a rolled-back transaction's last part holds
+    its deltas (of at most a thousand rows more) till then."""
+    hooks: list[Any] = conn.run_on_commit  # Django's (savepoint ids, func, robust) entries
+    tail = conn.__dict__.get(_TAIL)
+    if tail is not None and tail[0] is hooks and tail[1] == conn.savepoint_ids:
+        part: _Part = tail[2]
+    else:
+        part = _find_part(conn, hooks)
+        conn.__dict__[_TAIL] = (hooks, list(conn.savepoint_ids), part)
+    batch = part.batch
+    if batch is not None and batch.txid is None and has_deltas:
+        batch.txid = txid or current_txid(conn)
+    return part
+
+
+#: Where a connection keeps the part its last write joined (:func:`_part`).
+_TAIL = "_distinct_counter_tail"
+
+
+def _find_part(conn: Any, hooks: list[Any]) -> _Part:
+    at = _batch_at(hooks)
+    if at is None:
+        at = 0
+        hooks.insert(0, (set(), _Batch(), False))
+    if at and isinstance(hooks[at - 1][1], _Part) and hooks[at - 1][0] == set(conn.savepoint_ids):
+        # The previous write's part, under the same savepoints (so dropped with exactly the
+        # same rollbacks): one part per savepoint, not per write, however many writes.
+        part: _Part = hooks[at - 1][1]
+        return part
+    part = _Part()
+    transaction.on_commit(part, using=conn.alias)  # tagged with the open savepoints
+    hooks.insert(at, hooks.pop())
+    part.batch = hooks[at + 1][1]
+    return part
+
+
 def _on_commit(using: str, deltas: Deltas, marks: Marks, txid: str | None = None) -> None:
     conn = connections[using]
     if not conn.in_atomic_block:
         _send(deltas, marks, txid)
         return
-    hooks: list[Any] = conn.run_on_commit  # Django's (savepoint ids, func, robust) entries
-    at = _batch_at(hooks)
-    if at is None:
-        at = 0
-        hooks.insert(0, (set(), _Batch(), False))
-    batch: _Batch = hooks[at][1]
-    if batch.txid is None and any(deltas.values()):
-        batch.txid = txid or current_txid(conn)
-    if at and isinstance(hooks[at - 1][1], _Part) and hooks[at - 1][0] == set(conn.savepoint_ids):
-        # The previous write's part, under the same savepoints (so dropped with exactly the
-        # same rollbacks): one part per savepoint, not per write, however many writes.
-        last: _Part = hooks[at - 1][1]
-        _deltas.merge(last.deltas, deltas)
-        last.marks.update(marks)
+    part = _part(conn, any(deltas.values()), txid)
+    _deltas.merge(part.deltas, deltas)
+    part.marks.update(marks)
+
+
+def record_rows(
+    using: str,
+    counters: tuple[Counter, ...],
+    rows: list[Sequence[Any]],
+    sign: int,
+    txid: str | None = None,
+) -> None:
+    """Count ``rows`` (each the values of ``counters`` of one row) once each, with
+    ``sign``, when the current transaction on ``using`` commits: as :func:`record` of
+    their deltas, tallied at commit, so a transaction of many writes pays one append a
+    row (``counters`` should be the same tuple for every row of a model)."""
+    conn = connections[using]
+    if not conn.in_atomic_block:
+        _send(_tallied({}, [(counters, sign, rows)]), {}, txid)
         return
-    part = _Part(deltas, marks)
-    transaction.on_commit(part, using=using)  # tagged with the open savepoints
-    hooks.insert(at, hooks.pop())
-    part.batch = hooks[at + 1][1]
+    part = _part(conn, bool(rows), txid)
+    held = part.rows.setdefault((id(counters), sign), (counters, sign, []))
+    held[2].extend(rows)
+    if len(held[2]) >= _TALLY_AT:
+        _tallied(part.deltas, [held])
+        held[2].clear()
 
 
 def txid_known(conn: Any) -> bool:
@@ -102,8 +174,13 @@ def txid_known(conn: Any) -> bool:
     read it): a write need not ask for it again."""
     if not conn.in_atomic_block:
         return False
-    at = _batch_at(conn.run_on_commit)
-    return at is not None and conn.run_on_commit[at][1].txid is not None
+    tail = conn.__dict__.get(_TAIL)
+    if tail is not None and tail[0] is conn.run_on_commit:
+        batch = tail[2].batch  # the list is this transaction's: so is the part's batch
+    else:
+        at = _batch_at(conn.run_on_commit)
+        batch = None if at is None else conn.run_on_commit[at][1]
+    return batch is not None and batch.txid is not None
 
 
 def _batch_at(hooks: list[Any]) -> int | None:

@@ -21,7 +21,7 @@ from django.db import connections, models
 from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 
 from distinct_counter.counting import collector, deltas
-from distinct_counter.counting.commit import record
+from distinct_counter.counting.commit import record, record_rows
 from distinct_counter.counting.registry import (
     MARKER,
     Counter,
@@ -69,6 +69,23 @@ def held(objs: Sequence[models.Model], counter: Counter) -> list[Any]:
     """The values of ``counter``'s field as ``objs`` hold them, in one C-speed pass (the
     :func:`computed` marker for a deferred one)."""
     return list(map(dict.get, map(vars, objs), repeat(counter.attname), repeat(computed)))
+
+
+def held_values(instance: models.Model, counters: Sequence[Counter]) -> list[Any] | None:
+    """The values of ``counters`` that ``instance`` holds, None when the database computes
+    one of them (:func:`computed`): one pass, a check per value only when its type is not
+    a plain one (a ``str``, a number, None)."""
+    values = [
+        computed if c.generated else instance.__dict__.get(c.attname, computed) for c in counters
+    ]
+    if set(map(type, values)) <= _PLAIN or not any(
+        v is computed or hasattr(v, "resolve_expression") for v in values
+    ):
+        return values
+    return None
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def pks_of(objs: Sequence[models.Model]) -> list[Any]:
@@ -125,7 +142,7 @@ def reads_in_update(
         not instance._state.adding
         and _one_table(model)
         and connections[using].vendor == "postgresql"
-        and not any(computed(instance, c) for c in counters)
+        and held_values(instance, counters) is not None
     )
 
 
@@ -174,20 +191,43 @@ def handle_post_save(
     if stash is None:
         return
     counters, old = stash
+    new = held_values(instance, counters)
+    if new is None or _below(sender):
+        new = _stored(sender, instance, using, counters, created)
+    if created:
+        record_rows(using, counters, [new], 1, txid)
+    else:
+        record(using, deltas.between(counters, old, new), txid)
+
+
+@functools.cache
+def _below(model: type[models.Model]) -> tuple[Counter, ...]:
+    """The :func:`~distinct_counter.counting.registry.written_counters` of ``model`` that
+    count a descendant's rows: a row saved as ``model`` may be one of them."""
+    tables = lineage(model)
+    return tuple(c for c in written_counters(model) if c.model not in tables)
+
+
+def _stored(
+    model: type[models.Model],
+    instance: models.Model,
+    using: str,
+    counters: tuple[Counter, ...],
+    created: bool,
+) -> list[Any]:
+    """The new values of ``counters`` of a saved row, those it does not hold read back."""
     # A descendant's counter (the row may be one of the descendant's rows) is read back too;
     # a row just inserted has no descendant row yet.
-    tables = lineage(sender)
-    below = [c for c in counters if c.model not in tables]
+    below = _below(model)
     unknown = [c for c in counters if computed(instance, c) or (c in below and not created)]
     stored: dict[Counter, Any] = {}
     if unknown:
-        found = locked_row(sender, using, instance.pk, unknown) or ()
+        found = locked_row(model, using, instance.pk, unknown) or ()
         stored = dict(zip(unknown, found, strict=False))
-    new = tuple(
+    return [
         stored.get(c) if c in unknown or c in below else getattr(instance, c.attname)
         for c in counters
-    )
-    record(using, deltas.between(counters, None if created else old, new), txid)
+    ]
 
 
 def handle_pre_delete(
@@ -220,7 +260,8 @@ def handle_post_delete(
     if stash is None:
         return
     counters, old = stash
-    record(using, deltas.between(counters, old, None))
+    if old is not None:
+        record_rows(using, counters, [old], -1)
 
 
 def connect(model: type[models.Model]) -> None:
