@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from django.db import connections, models, router, transaction
+from django.db import models, router, transaction
 
 from distinct_counter.counting.commit import txid_known
 from distinct_counter.counting.handlers import (
     IN_UPDATE,
-    held_values,
-    inserts_fresh,
+    after_save,
+    before_save,
+    connection_of,
+    forget_save,
+    in_transaction,
     old_values,
-    reads_in_update,
     set_old_values,
     set_txid,
 )
@@ -44,23 +46,66 @@ class CountedModel(models.Model):
     class Meta:
         abstract = True
 
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        """Save in a transaction when the counters need one: an update may change a counted
-        value (the old one is read, locked, before it, unless the UPDATE itself returns it),
-        or the database computes one (it is read back after)."""
-        update_fields = kwargs.get("update_fields", args[3] if len(args) > 3 else None)
+    def save_base(
+        self,
+        raw: bool = False,
+        force_insert: Any = False,
+        force_update: bool = False,
+        using: str | None = None,
+        update_fields: Any = None,
+    ) -> None:
+        """Django's save of one row (``save()``, and fixtures' raw saves), with the counters'
+        part before it: the old counted values read (``handlers.before_save``), in a
+        transaction when they are read, locked, before the UPDATE (unless the UPDATE itself
+        returns them) or the database computes a new value (read back after the INSERT).
+
+        Done here, not by ``pre_save``/``post_save`` receivers: without a signal's dispatch
+        (a counted create costs less), and before any other receiver runs, as one of those
+        may save the row again (``after_save`` runs at the end of :meth:`_save_table`)."""
         model = type(self)
         counters = touched(model, update_fields)
-        updates = self.pk is not None and not inserts_fresh(self)
-        if not counters or not (updates or held_values(self, counters) is None):
-            return super().save(*args, **kwargs)
-        using = kwargs.get("using", args[2] if len(args) > 2 else None)
+        if not counters:
+            forget_save(self)
+            return super().save_base(raw, force_insert, force_update, using, update_fields)
         using = using or router.db_for_write(model, instance=self)
-        if updates and reads_in_update(model, self, using, counters):
-            return super().save(*args, **kwargs)  # one statement: no transaction needed
-        # The lock taken by the pre_save handler must last until the UPDATE or INSERT.
-        with transaction.atomic(using=using, savepoint=False):
-            return super().save(*args, **kwargs)
+        try:
+            if in_transaction(model, self, using, counters, raw):
+                with transaction.atomic(using=using, savepoint=False):
+                    before_save(model, self, using, counters, raw)
+                    return super().save_base(raw, force_insert, force_update, using, update_fields)
+            before_save(model, self, using, counters, raw)
+            return super().save_base(raw, force_insert, force_update, using, update_fields)
+        except BaseException:
+            forget_save(self)  # what before_save left is this save's only
+            raise
+
+    def _save_table(self, *args: Any, **kwargs: Any) -> Any:
+        """Django's INSERT or UPDATE of one table of a save; for the model's own (the last
+        one), the new counted values recorded after it (``handlers.after_save``), before
+        ``save_base`` sends ``post_save``. Arguments as Django's: (raw, cls, force_insert,
+        force_update, using, update_fields), by position or by name.
+
+        A fixture's raw save calls ``Model.save_base`` itself, not :meth:`save_base`: it
+        saves this one table (no parent), whose old values are then read here, locked, in
+        a transaction (``loaddata`` runs in one)."""
+        cls = args[1] if len(args) > 1 else kwargs.get("cls")
+        if cls is not self._meta.concrete_model:
+            return super()._save_table(*args, **kwargs)  # type: ignore[misc]
+        using = args[4] if len(args) > 4 else kwargs["using"]
+        if old_values(self) is None:  # save_base was not ours: a fixture's raw save
+            update_fields = args[5] if len(args) > 5 else kwargs.get("update_fields")
+            counters = touched(type(self), update_fields)
+            if counters:
+                raw = args[0] if args else kwargs.get("raw", False)
+                with transaction.atomic(using=using, savepoint=False):
+                    before_save(type(self), self, using, counters, raw)
+                    return self._save_counted_table(using, *args, **kwargs)
+        return self._save_counted_table(using, *args, **kwargs)
+
+    def _save_counted_table(self, using: str, *args: Any, **kwargs: Any) -> Any:
+        updated = super()._save_table(*args, **kwargs)  # type: ignore[misc]
+        after_save(type(self), self, using, not updated)
+        return updated
 
     def _do_update(  # type: ignore[override]
         self,
@@ -106,10 +151,10 @@ class CountedModel(models.Model):
         row's absence locked first, as every insert of an explicit pk takes it
         (``rows.lock_absent``)."""
         stash = old_values(self)
-        connection = connections[using]
+        connection = connection_of(self) if stash is not None else None
         insert = (
             self._insert_returning_txid
-            if stash is not None
+            if connection is not None
             and connection.vendor == "postgresql"
             and not txid_known(connection)  # the id of a transaction is asked for once
             else super()._do_insert  # type: ignore[misc]

@@ -14,10 +14,12 @@ from django.core.management import call_command
 from django.db import connection, transaction
 from django.db.models import F
 from django.db.models.functions import Upper
+from django.db.models.signals import post_save, pre_save
 from django.test.utils import CaptureQueriesContext
 from redis.crc import key_slot
 
 from distinct_counter import DistinctCount
+from distinct_counter.counting import handlers
 from distinct_counter.counting.registry import resolve
 from distinct_counter.exceptions import CounterUnavailable, NotCounted
 from tests.conftest import distinct_in_db, master, stored
@@ -201,6 +203,59 @@ def test_key_prefix_setting(settings: Any) -> None:
     Venue.objects.create(city="Paris")
     assert master().hget("other:{testapp.venue.city}:meta", "len") == b"1"
     assert DistinctCount.get("city", Venue) == 1
+
+
+# -- other apps' receivers --------------------------------------------------------------------
+
+
+@pytest.fixture
+def receivers_first() -> Any:
+    """Connect receivers for Message ahead of the app's own, as a receiver declared in a
+    models module is (it is imported before any app is ready)."""
+    connected: list[tuple[Any, Any]] = []
+
+    def connect(signal: Any, receiver: Any) -> None:
+        for model_signal in (pre_save, post_save):
+            model_signal.disconnect(sender=Message, dispatch_uid=_UID)
+        signal.connect(receiver, sender=Message)
+        connected.append((signal, receiver))
+        handlers.connect(Message)
+
+    yield connect
+    for signal, receiver in connected:
+        signal.disconnect(receiver, sender=Message)
+
+
+_UID = "distinct_counter:testapp.Message"
+
+
+def test_a_receiver_saving_the_new_row_again_keeps_both_saves_counted(receivers_first: Any) -> None:
+    def stamp(sender: Any, instance: Message, created: bool, **kwargs: Any) -> None:
+        if created and instance.city is None:
+            instance.city = f"city of {instance.username}"
+            instance.save(update_fields=["city"])
+
+    receivers_first(post_save, stamp)
+    Message.objects.create(username="ann")
+    Message.objects.create(username="bob", city="Paris")
+    row = Message.objects.create(username="cid")
+    row.city = None
+    row.save()
+    assert DistinctCount.contains("city", "city of ann", Message)
+    assert_exact()
+
+
+def test_a_receiver_changing_the_values_before_the_save_is_counted(receivers_first: Any) -> None:
+    def upper(sender: Any, instance: Message, **kwargs: Any) -> None:
+        instance.city = (instance.city or "").upper() or None
+
+    receivers_first(pre_save, upper)
+    Message.objects.create(username="ann", city="paris")
+    row = Message.objects.create(username="bob", city="lyon")
+    row.city = "rome"
+    row.save()
+    assert DistinctCount.contains("city", "ROME", Message)
+    assert_exact()
 
 
 # -- transactions ------------------------------------------------------------------------------

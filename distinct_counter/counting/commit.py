@@ -147,17 +147,17 @@ def _on_commit(using: str, deltas: Deltas, marks: Marks, txid: str | None = None
 
 
 def record_rows(
-    using: str,
+    conn: Any,
     counters: tuple[Counter, ...],
     rows: list[Sequence[Any]],
     sign: int,
     txid: str | None = None,
 ) -> None:
     """Count ``rows`` (each the values of ``counters`` of one row) once each, with
-    ``sign``, when the current transaction on ``using`` commits: as :func:`record` of
-    their deltas, tallied at commit, so a transaction of many writes pays one append a
-    row (``counters`` should be the same tuple for every row of a model)."""
-    conn = connections[using]
+    ``sign``, when the current transaction on ``conn`` (the connection they were written
+    on, ``connections[alias]``) commits: as :func:`record` of their deltas, tallied in
+    batches, so a transaction of many writes pays one append a row (``counters`` should
+    be the same tuple for every row of a model)."""
     if not conn.in_atomic_block:
         _send(_tallied({}, [(counters, sign, rows)]), {}, txid)
         return

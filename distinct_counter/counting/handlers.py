@@ -38,6 +38,8 @@ IN_UPDATE = object()
 _OLD = "_distinct_counter_old"
 #: The id of the transaction that saved the instance, when its INSERT or UPDATE returned it.
 _TXID = "_distinct_counter_txid"
+#: The connection a save writes on, looked up once for all of its steps (0.9 µs a lookup).
+_CONN = "_distinct_counter_conn"
 #: The rows a running delete collector has sent ``pre_delete`` for, on the collector.
 _SEEN = "_distinct_counter_seen"
 
@@ -146,6 +148,50 @@ def reads_in_update(
     )
 
 
+def in_transaction(
+    model: type[models.Model],
+    instance: models.Model,
+    using: str,
+    counters: tuple[Counter, ...],
+    raw: bool = False,
+) -> bool:
+    """Whether the save of ``instance`` must run in a transaction for its counters: its old
+    values are read, locked, before its UPDATE (the lock must last until it), or the
+    database computes a new value (read back after the INSERT)."""
+    if instance.pk is not None and not inserts_fresh(instance, raw):
+        return not reads_in_update(model, instance, using, counters)
+    return held_values(instance, counters) is None
+
+
+def before_save(
+    model: type[models.Model],
+    instance: models.Model,
+    using: str,
+    counters: tuple[Counter, ...],
+    raw: bool = False,
+) -> None:
+    """The counters' part of a save before its statement: the old values of ``counters``
+    read, locked (or left to the UPDATE: :data:`IN_UPDATE`), kept on the instance for
+    :func:`after_save`."""
+    deltas.ensure_available(model)
+    old: Any = None
+    if instance.pk is not None and not inserts_fresh(instance, raw):
+        if reads_in_update(model, instance, using, counters):
+            old = IN_UPDATE  # CountedModel._do_update replaces it
+        else:
+            old = locked_row(model, using, instance.pk, counters)
+    instance.__dict__[_OLD] = (counters, old)
+    instance.__dict__[_CONN] = connections[using]
+
+
+def forget_save(instance: models.Model) -> None:
+    """Drop what an earlier save of ``instance`` that failed left on it: a save that writes
+    no counter must not count it."""
+    instance.__dict__.pop(_OLD, None)
+    instance.__dict__.pop(_TXID, None)
+    instance.__dict__.pop(_CONN, None)
+
+
 def handle_pre_save(
     sender: type[models.Model],
     instance: models.Model,
@@ -154,17 +200,13 @@ def handle_pre_save(
     raw: bool = False,
     **kwargs: Any,
 ) -> None:
+    """:func:`before_save` for a model that is not a ``CountedModel`` (whose ``save_base``
+    does it): a multi-table parent whose table holds a descendant's counted column."""
     counters = touched(sender, update_fields)
-    if not counters:
-        return
-    deltas.ensure_available(sender)
-    old: Any = None
-    if instance.pk is not None and not inserts_fresh(instance, raw):
-        if reads_in_update(sender, instance, using, counters):
-            old = IN_UPDATE  # CountedModel._do_update replaces it
-        else:
-            old = locked_row(sender, using, instance.pk, counters)
-    instance.__dict__[_OLD] = (counters, old)
+    if counters:
+        before_save(sender, instance, using, counters, raw)
+    else:
+        forget_save(instance)
 
 
 def old_values(instance: models.Model) -> Any:
@@ -177,6 +219,11 @@ def set_old_values(instance: models.Model, counters: tuple[Counter, ...], old: A
     instance.__dict__[_OLD] = (counters, old)
 
 
+def connection_of(instance: models.Model) -> Any:
+    """The connection a save of ``instance`` under way writes on (:func:`before_save`)."""
+    return instance.__dict__.get(_CONN)
+
+
 def set_txid(instance: models.Model, txid: str) -> None:
     """Keep the id of the transaction saving ``instance``, as its statement returned it,
     for the post_save handler (``commit.record``)."""
@@ -186,16 +233,27 @@ def set_txid(instance: models.Model, txid: str) -> None:
 def handle_post_save(
     sender: type[models.Model], instance: models.Model, using: str, created: bool, **kwargs: Any
 ) -> None:
+    """:func:`after_save` for a model that is not a ``CountedModel`` (see
+    :func:`handle_pre_save`)."""
+    after_save(sender, instance, using, created)
+
+
+def after_save(
+    model: type[models.Model], instance: models.Model, using: str, created: bool
+) -> None:
+    """The counters' part of a save after its statement: the row's new values recorded
+    against the old ones :func:`before_save` left, for when the transaction commits."""
     stash = instance.__dict__.pop(_OLD, None)
     txid = instance.__dict__.pop(_TXID, None)
+    conn = instance.__dict__.pop(_CONN, None)
     if stash is None:
         return
     counters, old = stash
     new = held_values(instance, counters)
-    if new is None or _below(sender):
-        new = _stored(sender, instance, using, counters, created)
+    if new is None or _below(model):
+        new = _stored(model, instance, using, counters, created)
     if created:
-        record_rows(using, counters, [new], 1, txid)
+        record_rows(conn or connections[using], counters, [new], 1, txid)
     else:
         record(using, deltas.between(counters, old, new), txid)
 
@@ -261,7 +319,7 @@ def handle_post_delete(
         return
     counters, old = stash
     if old is not None:
-        record_rows(using, counters, [old], -1)
+        record_rows(connections[using], counters, [old], -1)
 
 
 def connect(model: type[models.Model]) -> None:
@@ -270,7 +328,9 @@ def connect(model: type[models.Model]) -> None:
     deletes change :func:`counters_of`, and deleting it may rewrite counted foreign keys
     (:mod:`~distinct_counter.counting.collector`)."""
     uid = f"distinct_counter:{model._meta.label}"
-    if written_counters(model):
+    if written_counters(model) and not getattr(model, MARKER, False):
+        # A CountedModel's own save_base and _save_table do it, with no signal: faster, and
+        # before any other receiver of post_save, which may save the row again.
         pre_save.connect(handle_pre_save, sender=model, dispatch_uid=uid)
         post_save.connect(handle_post_save, sender=model, dispatch_uid=uid)
     if counters_of(model):
