@@ -117,8 +117,8 @@ class CountedModel(models.Model):
         forced_update: Any,
         *rest: Any,
     ) -> Any:
-        """Django's UPDATE of a save, made to return the old counted values when the
-        pre_save handler left them to it (:data:`IN_UPDATE`). ``rest`` is Django 6's
+        """Django's UPDATE of a save, made to return the old counted values when
+        ``handlers.before_save`` left them to it (:data:`IN_UPDATE`). ``rest`` is Django 6's
         ``returning_fields``; then the result is a list of rows, not a bool."""
         stash = old_values(self)
         args = (base_qs, using, pk_val, values, update_fields, forced_update, *rest)

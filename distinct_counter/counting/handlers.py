@@ -1,4 +1,7 @@
-"""Signal handlers that turn saves and deletes of counted models into counter deltas.
+"""What turns saves and deletes of counted models into counter deltas: a save's two steps,
+:func:`before_save` and :func:`after_save` (a ``CountedModel`` runs them in its own
+``save_base`` and ``_save_table``; a multi-table parent that is not one, through
+``pre_save``/``post_save`` receivers), and the delete signals' receivers.
 
 Old values are read from the database, locked, inside the writing transaction
 (:mod:`~distinct_counter.counting.rows`), or, for a loaded row on PostgreSQL, returned by
@@ -210,7 +213,7 @@ def handle_pre_save(
 
 
 def old_values(instance: models.Model) -> Any:
-    """What the pre_save handler left of ``instance``'s save: (counters, old values), with
+    """What :func:`before_save` left of ``instance``'s save: (counters, old values), with
     :data:`IN_UPDATE` for old values still to be read; None when no counter is written."""
     return instance.__dict__.get(_OLD)
 
@@ -226,7 +229,7 @@ def connection_of(instance: models.Model) -> Any:
 
 def set_txid(instance: models.Model, txid: str) -> None:
     """Keep the id of the transaction saving ``instance``, as its statement returned it,
-    for the post_save handler (``commit.record``)."""
+    for :func:`after_save`."""
     instance.__dict__[_TXID] = txid
 
 
