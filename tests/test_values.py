@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, models
+from django.db import connection, models, transaction
 from django.db.models import Count
 from django.db.models.functions import Cast
 
@@ -329,3 +329,17 @@ def test_each_counter_follows_its_models_database(settings: Any) -> None:
     assert values.database_of(Typed) == "default"
     settings.DATABASE_ROUTERS = [ToReplica()]
     assert values.database_of(Typed) == "replica"  # setting_changed cleared the cache
+
+
+def test_a_value_changed_in_place_after_its_save_counts_as_saved() -> None:
+    """A row's values are tallied when its transaction commits: one the application changes
+    in place after the save (a ``bytearray``, a ``FieldFile``) counts as it was saved."""
+    blob = bytearray(b"saved")
+    with transaction.atomic():
+        row = Typed.objects.create(blob=blob, file="saved.txt")
+        blob[:] = b"later"
+        row.file.name = "later.txt"
+    assert DistinctCount.contains("blob", b"saved", Typed)
+    assert not DistinctCount.contains("blob", b"later", Typed)
+    assert_exact("blob")
+    assert_exact("file")

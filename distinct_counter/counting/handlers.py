@@ -90,6 +90,8 @@ def held_values(instance: models.Model, counters: Sequence[Counter]) -> list[Any
     return None
 
 
+#: Immutable types that may be the database's computed value only as an expression (not
+#: these): a value of one of them is taken as is, and tallied later as it is.
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
@@ -256,6 +258,10 @@ def after_save(
     if new is None or _below(model):
         new = _stored(model, instance, using, counters, created)
     if created:
+        if not _PLAIN.issuperset(map(type, new)):
+            # Tallied later, at commit at the latest: a value the application may still
+            # change in place (a bytearray, a FieldFile) is written down now.
+            new = [c.normalize(v) for c, v in zip(counters, new, strict=True)]
         record_rows(conn or connections[using], counters, [new], 1, txid)
     else:
         record(using, deltas.between(counters, old, new), txid)
