@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.db.models.functions import Upper
 from django.db.models.signals import post_save, pre_save
@@ -255,6 +255,16 @@ def test_a_receiver_changing_the_values_before_the_save_is_counted(receivers_fir
     row.city = "rome"
     row.save()
     assert DistinctCount.contains("city", "ROME", Message)
+    assert_exact()
+
+
+def test_a_failed_save_leaves_nothing_for_the_next_save_of_the_instance() -> None:
+    kept = Message.objects.create(username="kept", city="Paris")
+    clash = Message(pk=kept.pk, username="clash", city="Rome")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        clash.save(force_insert=True)
+    clash.save(update_fields=["body"])  # writes no counted field
+    assert not DistinctCount.contains("city", "Rome", Message)
     assert_exact()
 
 
