@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Value
 from django.db.models.functions import Upper
 from django.db.models.signals import post_save, pre_save
 from django.test.utils import CaptureQueriesContext
@@ -347,6 +347,20 @@ def test_a_long_transaction_of_creates_and_deletes_is_exact() -> None:
                 Message.objects.get(pk=pk).delete()
         Message.objects.create(username="last", city="Oslo")
     assert not DistinctCount.contains("city", "Nowhere", Message)
+    assert_exact()
+
+
+def test_writes_with_and_without_their_own_atomic_block_share_one_part() -> None:
+    """A save that opens ``atomic(savepoint=False)`` (to lock the old values it reads) and
+    one that does not join the same pending part: ours stay two commit hooks however many
+    writes alternate (a part each made a transaction of many writes quadratic)."""
+    row = Message.objects.create(username="first", city="Paris")
+    with transaction.atomic():
+        for i in range(50):
+            Message.objects.create(username=f"u{i}", city="Lyon")
+            row.city = Upper(Value(f"c{i}"))  # computed: read back, in its own atomic block
+            row.save()
+        assert len(connection.run_on_commit) <= 2
     assert_exact()
 
 

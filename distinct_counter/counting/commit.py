@@ -115,6 +115,8 @@ def _part(conn: Any, has_deltas: bool, txid: str | None) -> _Part:
     return part
 
 
+#: What Django lists among the savepoints for an ``atomic(savepoint=False)`` block.
+_NO_SAVEPOINT = frozenset({None})
 #: Where a connection keeps the part its last write joined (:func:`_part`).
 _TAIL = "_distinct_counter_tail"
 
@@ -124,9 +126,14 @@ def _find_part(conn: Any, hooks: list[Any]) -> _Part:
     if at is None:
         at = 0
         hooks.insert(0, (set(), _Batch(), False))
-    if at and isinstance(hooks[at - 1][1], _Part) and hooks[at - 1][0] == set(conn.savepoint_ids):
+    if (
+        at
+        and isinstance(hooks[at - 1][1], _Part)
+        and hooks[at - 1][0] - _NO_SAVEPOINT == set(conn.savepoint_ids) - _NO_SAVEPOINT
+    ):
         # The previous write's part, under the same savepoints (so dropped with exactly the
-        # same rollbacks): one part per savepoint, not per write, however many writes.
+        # same rollbacks): one part per savepoint, not per write, however many writes. An
+        # atomic block without a savepoint (None) is no rollback of its own.
         part: _Part = hooks[at - 1][1]
         return part
     part = _Part()
