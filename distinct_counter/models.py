@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from django.db import models, router, transaction
+from django.db import connections, models, router, transaction
 
 from distinct_counter.counting.commit import txid_known
 from distinct_counter.counting.handlers import (
@@ -15,6 +15,7 @@ from distinct_counter.counting.handlers import (
     connection_of,
     forget_save,
     in_transaction,
+    old_source,
     old_values,
     set_old_values,
     set_txid,
@@ -68,12 +69,14 @@ class CountedModel(models.Model):
             forget_save(self)
             return super().save_base(raw, force_insert, force_update, using, update_fields)
         using = using or router.db_for_write(model, instance=self)
+        conn = connections[using]
         try:
-            if in_transaction(model, self, using, counters, raw):
+            source = old_source(model, self, conn, counters, raw)
+            if in_transaction(self, counters, source):
                 with transaction.atomic(using=using, savepoint=False):
-                    before_save(model, self, using, counters, raw)
+                    before_save(model, self, conn, counters, source)
                     return super().save_base(raw, force_insert, force_update, using, update_fields)
-            before_save(model, self, using, counters, raw)
+            before_save(model, self, conn, counters, source)
             return super().save_base(raw, force_insert, force_update, using, update_fields)
         except BaseException:
             forget_save(self)  # what before_save left is this save's only
@@ -97,8 +100,10 @@ class CountedModel(models.Model):
             counters = touched(type(self), update_fields)
             if counters:
                 raw = args[0] if args else kwargs.get("raw", False)
+                conn = connections[using]
+                source = old_source(type(self), self, conn, counters, raw)
                 with transaction.atomic(using=using, savepoint=False):
-                    before_save(type(self), self, using, counters, raw)
+                    before_save(type(self), self, conn, counters, source)
                     return self._save_counted_table(using, *args, **kwargs)
         return self._save_counted_table(using, *args, **kwargs)
 

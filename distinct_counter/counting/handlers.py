@@ -67,7 +67,24 @@ def computed(instance: models.Model, counter: Counter) -> bool:
     """Whether the database computes ``counter``'s value at save: a generated column, an
     expression (``F("n") + 1``, ``Lower(...)``, a database default) or a deferred field."""
     value = instance.__dict__.get(counter.attname, computed)  # deferred: not there
-    return counter.generated or value is computed or hasattr(value, "resolve_expression")
+    return counter.generated or _is_computed(value)
+
+
+def _is_computed(value: Any) -> bool:
+    """Whether a value an instance holds is one the database computes: the :func:`computed`
+    marker of a deferred field, or an expression."""
+    return value is computed or hasattr(value, "resolve_expression")
+
+
+def _any_computed(values: list[Any]) -> bool:
+    """Whether any of ``values`` is :func:`_is_computed`: judged by their types, one check
+    per value only when a type says it may."""
+    kinds = set(map(type, values))
+    if kinds <= _PLAIN:
+        return False
+    if types.FunctionType in kinds or any(hasattr(k, "resolve_expression") for k in kinds):
+        return any(map(_is_computed, values))
+    return False
 
 
 def held(objs: Sequence[models.Model], counter: Counter) -> list[Any]:
@@ -78,16 +95,11 @@ def held(objs: Sequence[models.Model], counter: Counter) -> list[Any]:
 
 def held_values(instance: models.Model, counters: Sequence[Counter]) -> list[Any] | None:
     """The values of ``counters`` that ``instance`` holds, None when the database computes
-    one of them (:func:`computed`): one pass, a check per value only when its type is not
-    a plain one (a ``str``, a number, None)."""
+    one of them (:func:`computed`), in one pass."""
     values = [
         computed if c.generated else instance.__dict__.get(c.attname, computed) for c in counters
     ]
-    if set(map(type, values)) <= _PLAIN or not any(
-        v is computed or hasattr(v, "resolve_expression") for v in values
-    ):
-        return values
-    return None
+    return None if _any_computed(values) else values
 
 
 #: Immutable types that may be the database's computed value only as an expression (not
@@ -114,11 +126,7 @@ def computed_in(
     value only when a type says it may."""
     if counter.generated:
         return True
-    values = held(objs, counter) if values is None else values
-    kinds = set(map(type, values))
-    if types.FunctionType in kinds or any(hasattr(k, "resolve_expression") for k in kinds):
-        return any(v is computed or hasattr(v, "resolve_expression") for v in values)
-    return False
+    return _any_computed(held(objs, counter) if values is None else values)
 
 
 @functools.cache
@@ -139,54 +147,54 @@ def _one_table(model: type[models.Model]) -> bool:
     )
 
 
-def reads_in_update(
-    model: type[models.Model], instance: models.Model, using: str, counters: tuple[Counter, ...]
-) -> bool:
-    """Whether the save of ``instance``, one loaded from the database, reads the old values
-    in its UPDATE (``statements.update_returning_old``) rather than before it: PostgreSQL, one
-    table, and no value the database computes (read back after the save)."""
-    return (
-        not instance._state.adding
-        and _one_table(model)
-        and connections[using].vendor == "postgresql"
-        and held_values(instance, counters) is not None
-    )
+#: A save's old values read, locked, before its statement (:func:`old_source`).
+LOCKED = object()
 
 
-def in_transaction(
+def old_source(
     model: type[models.Model],
     instance: models.Model,
-    using: str,
+    conn: Any,
     counters: tuple[Counter, ...],
     raw: bool = False,
-) -> bool:
-    """Whether the save of ``instance`` must run in a transaction for its counters: its old
-    values are read, locked, before its UPDATE (the lock must last until it), or the
-    database computes a new value (read back after the INSERT)."""
-    if instance.pk is not None and not inserts_fresh(instance, raw):
-        return not reads_in_update(model, instance, using, counters)
-    return held_values(instance, counters) is None
+) -> Any:
+    """Where the old values of ``counters`` of the save of ``instance`` on ``conn`` come
+    from: None, it inserts; :data:`IN_UPDATE`, a loaded row's UPDATE returns them
+    (``statements.update_returning_old``: PostgreSQL, one table, and no value the database
+    computes, read back after the save); else :data:`LOCKED`, read before it."""
+    if instance.pk is None or inserts_fresh(instance, raw):
+        return None
+    if (
+        not instance._state.adding
+        and _one_table(model)
+        and conn.vendor == "postgresql"
+        and held_values(instance, counters) is not None
+    ):
+        return IN_UPDATE
+    return LOCKED
+
+
+def in_transaction(instance: models.Model, counters: tuple[Counter, ...], source: Any) -> bool:
+    """Whether a save whose old values come from ``source`` (:func:`old_source`) must run
+    in a transaction: they are read, locked, before its UPDATE (the lock must last until
+    it), or the database computes a new value (read back after the INSERT)."""
+    return source is LOCKED or (source is None and held_values(instance, counters) is None)
 
 
 def before_save(
     model: type[models.Model],
     instance: models.Model,
-    using: str,
+    conn: Any,
     counters: tuple[Counter, ...],
-    raw: bool = False,
+    source: Any,
 ) -> None:
     """The counters' part of a save before its statement: the old values of ``counters``
-    read, locked (or left to the UPDATE: :data:`IN_UPDATE`), kept on the instance for
-    :func:`after_save`."""
+    read, locked, when ``source`` is :data:`LOCKED` (else None, or left to the UPDATE:
+    :data:`IN_UPDATE`), kept on the instance for :func:`after_save` with ``conn``."""
     deltas.ensure_available(model)
-    old: Any = None
-    if instance.pk is not None and not inserts_fresh(instance, raw):
-        if reads_in_update(model, instance, using, counters):
-            old = IN_UPDATE  # CountedModel._do_update replaces it
-        else:
-            old = locked_row(model, using, instance.pk, counters)
+    old = locked_row(model, conn.alias, instance.pk, counters) if source is LOCKED else source
     instance.__dict__[_OLD] = (counters, old)
-    instance.__dict__[_CONN] = connections[using]
+    instance.__dict__[_CONN] = conn
 
 
 def forget_save(instance: models.Model) -> None:
@@ -209,7 +217,9 @@ def handle_pre_save(
     does it): a multi-table parent whose table holds a descendant's counted column."""
     counters = touched(sender, update_fields)
     if counters:
-        before_save(sender, instance, using, counters, raw)
+        conn = connections[using]
+        source = old_source(sender, instance, conn, counters, raw)
+        before_save(sender, instance, conn, counters, source)
     else:
         forget_save(instance)
 

@@ -157,9 +157,8 @@ def delete_returning(
     qn = connection.ops.quote_name
     columns = list(dict.fromkeys(qn(str(c.field.column)) for c in counters))
     listed = ", ".join(columns)
-    # Each column grouped apart (GROUPING SETS): GROUPING(...) has bit i clear in the
-    # groups of column i. Grouping by all columns at once would return about a row per
-    # deleted row when one of them is nearly unique.
+    # Each column grouped apart (GROUPING SETS). Grouping by all columns at once would
+    # return about a row per deleted row when one of them is nearly unique.
     sets = ", ".join(f"({c})" for c in columns)
     sql = (
         f"WITH _dc_gone AS ({delete_sql} RETURNING {listed}) "
@@ -169,16 +168,16 @@ def delete_returning(
     with connection.cursor() as cur:
         cur.execute(sql, params)
         groups = cur.fetchall()
-    deltas: Deltas = {}
     width = len(columns)
+    # The groups of each column: GROUPING(...) has bit (width - 1 - i) clear in column i's.
+    grouped = [[g for g in groups if not g[width] & 1 << (width - 1 - i)] for i in range(width)]
+    deltas: Deltas = {}
     for c in counters:
         at = columns.index(qn(str(c.field.column)))
-        bit = 1 << (width - 1 - at)
-        mine = [g for g in groups if not g[width] & bit]
-        values = _from_db([g[at] for g in mine], c, connection)
-        tally_counts(deltas, c, zip(values, (g[-1] for g in mine), strict=True), -1)
-    first = [g for g in groups if not g[width] & (1 << (width - 1))]  # column 0's groups
-    return sum(g[-1] for g in first), deltas, (groups[0][-2] if groups else None)
+        values = _from_db([g[at] for g in grouped[at]], c, connection)
+        tally_counts(deltas, c, zip(values, (g[-1] for g in grouped[at]), strict=True), -1)
+    # Every deleted row is in one group of each column, NULL's included: count column 0's.
+    return sum(g[-1] for g in grouped[0]), deltas, (groups[0][-2] if groups else None)
 
 
 def _rows_of(queryset: models.QuerySet[Any], columns: list[str]) -> tuple[str, list[Any]]:
