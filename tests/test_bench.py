@@ -21,14 +21,21 @@ pytestmark = pytest.mark.slow
 FIGURES = {
     "create() counted minus plain",
     "create() counted minus plain, SEND background",
+    "plain create() then a no-op EVALSHA, minus plain create()",
     "INSERT returning its transaction id minus plain INSERT",
     "save() changing city, counted minus plain",
     "save() changing city, counted minus plain, SEND background",
     "1000 creates in one transaction",
-    "bulk_create of 2000 rows",
-    "bulk_update of 2000 rows (city)",
-    "update() of 2000 rows (city)",
-    "delete() of 2000 rows",
+    *(
+        f"{step} of 2000 rows{what}{send}"
+        for step, what in (
+            ("bulk_create", ""),
+            ("bulk_update", " (city)"),
+            ("update()", " (city)"),
+            ("delete()", ""),
+        )
+        for send in ("", ", SEND background")
+    ),
     "create() with Redis down / plain",
     "DistinctCount.get('username') / HGET",
     "DistinctCount.get('city') / HGET",
@@ -45,6 +52,7 @@ FIGURES = {
 OVERHEADS = {
     "create() counted minus plain",
     "create() counted minus plain, SEND background",
+    "plain create() then a no-op EVALSHA, minus plain create()",
     "INSERT returning its transaction id minus plain INSERT",
     "save() changing city, counted minus plain",
     "save() changing city, counted minus plain, SEND background",

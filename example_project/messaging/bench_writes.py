@@ -149,6 +149,21 @@ def idle_sender(ops: dict[str, Op]) -> dict[str, Op]:
     return {name: idle(op) for name, op in ops.items()}
 
 
+def after_commit_floor(count: int) -> Figure:
+    """A plain ``create()`` followed at once by a no-op ``EVALSHA``, minus the plain
+    ``create()``: the least a counted create that waits for Redis can cost, its one round
+    trip coming right after its commit (information, beside ``create_overhead``)."""
+    rows = sample_rows(count, seed=12)
+    plain, round_trip = creator(PlainMessage, rows), rtt_op()
+    ops = {
+        "counted": lambda: plain() + round_trip(),
+        "plain": creator(PlainMessage, rows),
+        "rtt": rtt_op(),
+    }
+    times = interleaved(ops, count, warmup=20)
+    return overhead("plain create() then a no-op EVALSHA, minus plain create()", times, None)
+
+
 def txid_overhead(count: int) -> Figure:
     """What returning its transaction's id costs an INSERT, as every counted save's does on
     PostgreSQL: ``INSERT ... RETURNING id, pg_current_xact_id()::text`` minus ``RETURNING
@@ -276,24 +291,29 @@ class BulkCycle:
         return timed(lambda: self.mine().delete())()
 
 
-def bulk_ratios(size: int, repeat: int) -> list[Figure]:
+def bulk_ratios(size: int, repeat: int, send: str = "wait") -> list[Figure]:
     """The four steps of a ``BulkCycle`` of ``size`` rows, counted and plain one after the
-    other (which goes first alternates by step and by round); a first round is not kept."""
+    other (which goes first alternates by step and by round); a first round is not kept.
+    Each step starts with the sender thread of ``SEND = "background"`` idle."""
     rows = sample_rows(size, seed=11)
     cycles = {"counted": BulkCycle(Message, rows), "plain": BulkCycle(PlainMessage, rows)}
     times: dict[tuple[str, str], list[float]] = {}
-    for r in range(repeat + 1):
-        for s, step in enumerate(BULK_STEPS):
-            sides = ("counted", "plain") if (r + s) % 2 == 0 else ("plain", "counted")
-            for side in sides:
-                seconds = getattr(cycles[side], step)()
-                if r:
-                    times.setdefault((step, side), []).append(seconds)
+    with sending(send):
+        for r in range(repeat + 1):
+            for s, step in enumerate(BULK_STEPS):
+                sides = ("counted", "plain") if (r + s) % 2 == 0 else ("plain", "counted")
+                for side in sides:
+                    sender.flush()
+                    seconds = getattr(cycles[side], step)()
+                    if r:
+                        times.setdefault((step, side), []).append(seconds)
+        sender.flush()
+    label = SEND_LABEL[send]
     names = {
-        "bulk_create": f"bulk_create of {size} rows",
-        "bulk_update": f"bulk_update of {size} rows (city)",
-        "update": f"update() of {size} rows (city)",
-        "delete": f"delete() of {size} rows",
+        "bulk_create": f"bulk_create of {size} rows{label}",
+        "bulk_update": f"bulk_update of {size} rows (city){label}",
+        "update": f"update() of {size} rows (city){label}",
+        "delete": f"delete() of {size} rows{label}",
     }
     return [
         ratio_of_medians(

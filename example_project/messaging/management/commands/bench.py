@@ -312,11 +312,13 @@ class Command(BaseCommand):
         return [
             bench_writes.create_overhead(count),
             bench_writes.create_overhead(count, send="background"),
+            bench_writes.after_commit_floor(count),
             bench_writes.txid_overhead(count),
             bench_writes.save_overhead(count),
             bench_writes.save_overhead(count, send="background"),
             bench_writes.in_one_transaction(min(TRANSACTION_SIZE, rows), repeat),
             *bench_writes.bulk_ratios(min(BULK_SIZE, rows), repeat),
+            *bench_writes.bulk_ratios(min(BULK_SIZE, rows), repeat, send="background"),
         ]
 
     def rebuilds(
