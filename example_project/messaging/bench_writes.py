@@ -31,6 +31,11 @@ BULK_STEPS = ("bulk_create", "bulk_update", "update", "delete")
 #: PostgreSQL, 10,000 rows are one ``CASE`` of 10,000 branches, seconds of database time
 #: that would drown what counting adds.
 BULK_UPDATE_BATCH = 1000
+#: Rounds of the quick figures (1,000 creates in a transaction; the bulk steps but
+#: ``bulk_update``, which takes seconds) per ``--repeat``: on a shared machine a step of
+#: 0.2 s varies by 10 to 15% from one time to the next, and the median of seven rounds
+#: moved a ratio by 0.1 between runs of the same code; it settles over some thirty.
+QUICK_ROUNDS = 4
 
 
 def timed(fn: Callable[[], object]) -> Op:
@@ -294,13 +299,16 @@ class BulkCycle:
 def bulk_ratios(size: int, repeat: int, send: str = "wait") -> list[Figure]:
     """The four steps of a ``BulkCycle`` of ``size`` rows, counted and plain one after the
     other (which goes first alternates by step and by round); a first round is not kept.
-    Each step starts with the sender thread of ``SEND = "background"`` idle."""
+    ``bulk_update`` in ``repeat`` rounds, the other steps in ``QUICK_ROUNDS`` times as
+    many. Each step starts with the sender thread of ``SEND = "background"`` idle."""
     rows = sample_rows(size, seed=11)
     cycles = {"counted": BulkCycle(Message, rows), "plain": BulkCycle(PlainMessage, rows)}
     times: dict[tuple[str, str], list[float]] = {}
     with sending(send):
-        for r in range(repeat + 1):
+        for r in range(QUICK_ROUNDS * repeat + 1):
             for s, step in enumerate(BULK_STEPS):
+                if step == "bulk_update" and r > repeat:
+                    continue
                 sides = ("counted", "plain") if (r + s) % 2 == 0 else ("plain", "counted")
                 for side in sides:
                     sender.flush()
@@ -321,8 +329,8 @@ def bulk_ratios(size: int, repeat: int, send: str = "wait") -> list[Figure]:
             times[(step, "counted")],
             times[(step, "plain")],
             1.1 if step == "bulk_create" else 1.2,
-            note=f"median of {repeat} interleaved rounds; rows created, changed, deleted; "
-            f"bulk_update's batch_size {BULK_UPDATE_BATCH}",
+            note=f"median of {len(times[(step, 'plain')])} interleaved rounds; rows created, "
+            f"changed, deleted; bulk_update's batch_size {BULK_UPDATE_BATCH}",
         )
         for step in BULK_STEPS
     ]

@@ -316,7 +316,9 @@ class Command(BaseCommand):
             bench_writes.txid_overhead(count),
             bench_writes.save_overhead(count),
             bench_writes.save_overhead(count, send="background"),
-            bench_writes.in_one_transaction(min(TRANSACTION_SIZE, rows), repeat),
+            bench_writes.in_one_transaction(
+                min(TRANSACTION_SIZE, rows), bench_writes.QUICK_ROUNDS * repeat
+            ),
             *bench_writes.bulk_ratios(min(BULK_SIZE, rows), repeat),
             *bench_writes.bulk_ratios(min(BULK_SIZE, rows), repeat, send="background"),
         ]
