@@ -161,6 +161,7 @@ def after_commit_floor(count: int) -> Figure:
     rows = sample_rows(count, seed=12)
     plain, round_trip = creator(PlainMessage, rows), rtt_op()
     ops = {
+        # Under overhead()'s name for the side it subtracts the plain one from.
         "counted": lambda: plain() + round_trip(),
         "plain": creator(PlainMessage, rows),
         "rtt": rtt_op(),
